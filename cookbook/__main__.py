@@ -1,0 +1,5 @@
+import sys
+
+from cookbook.runner import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: the corpus, the tokenizer, and (later sections) cleaning, deduplication and augmentation."""
