@@ -11,7 +11,6 @@ import importlib.metadata
 import os
 import platform
 import random
-import sys
 import warnings
 from pathlib import Path
 
@@ -164,6 +163,4 @@ def report():
         found = _version(package)
         if found != "not installed" and _major_minor(found) < minimum:
             warnings.warn(f"{package} {found}: {why}", stacklevel=2)
-    if sys.version_info < (3, 10):
-        warnings.warn("Python < 3.10 is not supported", stacklevel=2)
     return pd.DataFrame(rows, columns=["item", "value"]).set_index("item")

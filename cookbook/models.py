@@ -73,7 +73,7 @@ def _active_params(cfg) -> int:
 
 
 def dense_config(moe: DeepseekV3Config) -> LlamaConfig:
-    """A dense Llama-style config with the MoE model's width, depth and (to within one row) active size.
+    """A dense Llama-style config with the MoE model's width, depth and (to half a column) active size.
 
     Attention is standard multi-head attention, so the MLP width absorbs the difference: we solve for
     the intermediate size that makes total dense parameters equal the MoE's activated parameters.
@@ -89,7 +89,7 @@ def dense_config(moe: DeepseekV3Config) -> LlamaConfig:
     per_unit = 3 * moe.hidden_size * moe.num_hidden_layers  # gate, up and down rows of one MLP unit
     if gap < per_unit:
         raise ValueError("the MoE model is too small for a dense twin with the same width")
-    return LlamaConfig(**base, intermediate_size=1 + gap // per_unit)
+    return LlamaConfig(**base, intermediate_size=1 + round(gap / per_unit))
 
 
 def build_dense(moe: DeepseekV3Config, *, seed: int | None = 0) -> LlamaForCausalLM:

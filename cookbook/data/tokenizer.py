@@ -29,8 +29,16 @@ def train(texts, vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTo
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is a token: nothing is ever unknown
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
-    if tok.get_vocab_size() < 258:
+    seen = 0
+
+    def counted():
+        nonlocal seen
+        for text in texts:
+            seen += bool(text)
+            yield text
+
+    tok.train_from_iterator(counted(), trainer=trainer)
+    if not seen:
         raise ValueError("tokenizer training saw no text")
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, bos_token=EOS)
 
