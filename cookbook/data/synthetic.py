@@ -149,12 +149,12 @@ def score(result, truth: MessyTruth) -> pd.DataFrame:
     for defect, rule in DEFECTS.items():
         truth_rows = truth.defects[truth.defects["defect"] == defect]
         if defect in _ROW_DEFECTS:
-            by_rule = result.removed[[_rule_matches(n, rule) for n in result.removed["removed_by"]]]
+            by_rule = result.removed.loc[np.array([_rule_matches(n, rule) for n in result.removed["removed_by"]], dtype=bool)]
             flagged = set(by_rule.index)
             injected = set(truth_rows["row"])
             repaired = np.nan
         else:
-            by_rule = result.changes[[_rule_matches(n, rule) for n in result.changes["rule"]]]
+            by_rule = result.changes.loc[np.array([_rule_matches(n, rule) for n in result.changes["rule"]], dtype=bool)]
             injected = set(zip(truth_rows["row"], truth_rows["column"], strict=True))
             flagged = set(zip(by_rule["row"], by_rule["column"], strict=True))
             repaired = np.mean([_repaired(result.frame, truth.clean, r, c, defect) for r, c in injected]) \
