@@ -510,12 +510,10 @@ def memory_plot(per_gpu, *, capacities: tuple[float, ...] = (24, 40, 80), breakd
     for column in per_gpu.columns:
         ax.plot(x, per_gpu[column], marker="o", label=str(column))
     for i, capacity in enumerate(capacities):
-        ax.axhline(capacity, color="0.4", linestyle="--", linewidth=0.8)
-        ax.annotate(f"{capacity:g} GB GPU", (len(per_gpu) - 1, capacity), fontsize=8, color="0.3",
-                    ha="right", va="bottom", xytext=(0, 1 + 8 * (i % 2)), textcoords="offset points")
+        ax.axhline(capacity, color="0.35", linestyle=["--", "-.", ":"][i % 3], linewidth=1, label=f"{capacity:g} GB GPU")
     ax.set(yscale="log", ylabel="GB per GPU", title=title or "memory per GPU")
     ax.set_xticks(list(x), [str(i) for i in per_gpu.index], rotation=20, ha="right", fontsize=8)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncols=2, loc="lower left")
     if breakdown is not None:
         bottom = [0.0] * len(breakdown)
         for part in breakdown.columns:
