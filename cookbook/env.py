@@ -44,6 +44,7 @@ class Profile:
     eval_batches: int  # batches per validation pass
     lr: float  # peak learning rate
     sample_tokens: int  # new tokens when sampling from a model
+    semantic_sample: int = 1000  # texts embedded for semantic deduplication (notebook 01)
 
 
 PROFILES: dict[str, Profile] = {
@@ -60,6 +61,7 @@ PROFILES: dict[str, Profile] = {
         eval_batches=4,
         lr=3e-3,
         sample_tokens=32,
+        semantic_sample=1000,
     ),
     "full": Profile(
         name="full",
@@ -74,6 +76,7 @@ PROFILES: dict[str, Profile] = {
         eval_batches=20,
         lr=1e-3,
         sample_tokens=96,
+        semantic_sample=20000,
     ),
 }
 
