@@ -8,6 +8,8 @@ ZeRO paper (Rajbhandari et al. 2020), whose accounting the estimates follow.
 from __future__ import annotations
 
 import math
+import numbers
+import re
 
 import torch
 
@@ -169,11 +171,11 @@ def flops_per_token(config, seq_len: int, *, training: bool = True, causal: bool
     and nanoGPT's MFU (what most published MFU figures use); `causal=True` halves it (only the lower
     triangle is needed, as FlashAttention counts).
     """
-    if not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+    _positive_int("seq_len", seq_len)
+    n = matmul_params(config)  # also checks that `config` is a model config
     heads, qk_dim, v_dim = _head_dims(config)
     attention = 2 * config.num_hidden_layers * heads * seq_len * (qk_dim + v_dim) * (0.5 if causal else 1.0)
-    forward = 2 * matmul_params(config) + attention
+    forward = 2 * n + attention
     return 3 * forward if training else forward
 
 
@@ -196,11 +198,21 @@ GPUS: dict[str, dict] = {
     "V100 SXM2": dict(memory_gb=32, fp32=15.7e12, tf32=None, bf16=None, fp16=125e12),
     "T4": dict(memory_gb=16, fp32=8.1e12, tf32=None, bf16=None, fp16=65e12),
 }
-# How torch.cuda.get_device_name() spells them (checked in this order, so "H100 PCIe" wins over "H100").
-_GPU_ALIASES = [("H200", "H200 SXM"), ("H100 PCIe", "H100 PCIe"), ("H100", "H100 SXM"), ("A100-SXM4-80GB", "A100 80GB"),
-                ("A100 80GB", "A100 80GB"), ("A100-PCIE-80GB", "A100 80GB"), ("A100", "A100 40GB"),
-                ("L40S", "L40S"), ("A10G", "A10"), ("A10", "A10"), ("L4", "L4"), ("RTX 4090", "RTX 4090"),
-                ("V100", "V100 SXM2"), ("T4", "T4")]
+# How torch.cuda.get_device_name() spells them, as whole words, checked in order ("H100 PCIe" before "H100").
+# The H800 (China export model) has the H100's tensor-core peaks; only its NVLink bandwidth was cut.
+_GPU_ALIASES = [("H200", "H200 SXM"), ("H100 PCIe", "H100 PCIe"), ("H800 PCIe", "H100 PCIe"), ("H100", "H100 SXM"),
+                ("H800", "H100 SXM"), ("A100-SXM4-80GB", "A100 80GB"), ("A100 80GB", "A100 80GB"),
+                ("A100-PCIE-80GB", "A100 80GB"), ("A100", "A100 40GB"), ("L40S", "L40S"), ("A10G", "A10"),
+                ("A10", "A10"), ("L4", "L4"), ("RTX 4090", "RTX 4090"), ("V100", "V100 SXM2"), ("T4", "T4")]
+
+
+def _gpu_key(name: str) -> str | None:
+    if name in GPUS:
+        return name
+    for alias, key in _GPU_ALIASES:
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(alias)}(?![A-Za-z0-9])", name, flags=re.IGNORECASE):
+            return key
+    return None
 
 
 def peak_flops(gpu: str | None = None, precision: str = "bf16") -> float:
@@ -213,7 +225,7 @@ def peak_flops(gpu: str | None = None, precision: str = "bf16") -> float:
         if not torch.cuda.is_available():
             raise ValueError("no CUDA device: pass gpu= one of " + ", ".join(GPUS))
         gpu = torch.cuda.get_device_name()
-    key = gpu if gpu in GPUS else next((k for alias, k in _GPU_ALIASES if alias.lower() in gpu.lower()), None)
+    key = _gpu_key(gpu)
     if key is None:
         raise ValueError(f"unknown GPU {gpu!r}; known: {', '.join(GPUS)}")
     compute = precision.removesuffix("-mixed")
@@ -229,7 +241,7 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float
     """Model FLOPs utilisation: achieved model FLOP/s (tokens/s x FLOPs per token) over the peak FLOP/s."""
     for name, value in (("tokens_per_s", tokens_per_s), ("flops_per_token", flops_per_token),
                         ("peak_flops", peak_flops)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (
+        if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0 or (
                 value == 0 and name != "tokens_per_s"):
             raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return tokens_per_s * flops_per_token / peak_flops
@@ -314,12 +326,12 @@ def training_memory(model, *, precision: str = "bf16-mixed", optimizer: str = "a
         raise ValueError("offload_params needs zero_stage=3 (only stage 3 partitions the weights)")
     if offload_optimizer and zero_stage == 0:
         raise ValueError("offload_optimizer needs zero_stage >= 1 (ZeRO-Offload works on partitioned states)")
-    config = None if isinstance(model, (int, float)) else model
+    config = None if isinstance(model, numbers.Real) else model
     total = count_params(config)["total"] if config is not None else model
-    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
-        raise ValueError(f"model must be a transformers config or a positive int parameter count, got {model!r}")
+    if isinstance(total, bool) or not total >= 1 or not math.isfinite(total):
+        raise ValueError(f"model must be a transformers config or a positive parameter count, got {model!r}")
     trainable = total if trainable is None else trainable
-    if isinstance(trainable, bool) or not isinstance(trainable, int) or not 0 <= trainable <= total:
+    if isinstance(trainable, bool) or not isinstance(trainable, numbers.Real) or not 0 <= trainable <= total:
         raise ValueError(f"trainable must be an int between 0 and the {total} parameters, got {trainable!r}")
     weight_b, grad_b, _ = _PRECISION.get(precision, (0, 0, 0))
     k = _state_bytes(precision, optimizer)

@@ -138,6 +138,11 @@ def test_mfu_and_peaks():
     assert planning.peak_flops("NVIDIA A100-SXM4-40GB", "fp16") == 312e12
     assert planning.peak_flops("NVIDIA GeForce RTX 4090", "fp16") == 165.2e12
     assert planning.peak_flops("NVIDIA L4", "fp32") == 30.3e12
+    assert planning.peak_flops("NVIDIA A10G", "bf16") == 125e12  # not mistaken for an A100
+    assert planning.peak_flops("NVIDIA L40S", "bf16") == 362e12  # not mistaken for an L4
+    assert planning.peak_flops("NVIDIA H800", "bf16") == 989.4e12
+    with pytest.raises(ValueError, match="unknown GPU"):
+        planning.peak_flops("NVIDIA L40")  # a different card: no silent match on "L4"
     for gpu in planning.GPUS.values():  # tensor cores beat plain fp32 wherever they exist
         assert all(gpu[p] is None or gpu[p] >= gpu["fp32"] for p in ("tf32", "bf16", "fp16"))
 
@@ -261,8 +266,11 @@ def test_training_memory_bad_inputs(kwargs, match):
 
 
 def test_training_memory_bad_model():
-    with pytest.raises(ValueError, match="positive int parameter count"):
+    with pytest.raises(ValueError, match="positive parameter count"):
         planning.training_memory(0)
+    with pytest.raises(ValueError, match="positive parameter count"):
+        planning.training_memory(float("inf"))
+    assert planning.training_memory(7.5e9)["gpu_total"] == 120.0  # a float count is fine
     with pytest.raises(ValueError, match="micro_batch"):
         planning.activation_memory(llama(), 0, 8)
 
@@ -294,6 +302,19 @@ def test_zero_config():
 def test_zero_config_bad_inputs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         planning.zero_config(**kwargs)
+
+
+def test_zero_config_passes_deepspeed_validation():
+    # DeepSpeed's own pydantic models forbid unknown keys, so they catch any misspelt option.
+    zero_model = pytest.importorskip("deepspeed.runtime.zero.config").DeepSpeedZeroConfig
+    precision = pytest.importorskip("deepspeed.runtime.precision_config")
+    for stage, oo, op in [(0, False, False), (1, True, False), (2, True, False), (3, True, True), (3, False, True)]:
+        cfg = planning.zero_config(stage, offload_optimizer=oo, offload_params=op, hidden_size=1024)
+        zero = zero_model(**cfg["zero_optimization"])
+        assert zero.stage == stage and (zero.offload_optimizer is not None) == oo
+        assert (zero.offload_param is not None) == op
+    assert precision.get_bfloat16_config(planning.zero_config(1)).enabled
+    assert precision.get_float16_config(planning.zero_config(1, precision="fp16-mixed")).loss_scale == 0
 
 
 # ----------------------------------------------------------------------------- which hardware
