@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, LlamaConfig, LlamaForCausalLM
 
-__all__ = ["CONFIGS", "build", "build_dense", "config", "dense_config", "expert_load"]
+__all__ = ["CONFIGS", "build", "build_dense", "config", "dense_config", "expert_load", "pretrained"]
 
 # Shared by every size: DeepSeek-V3's choices (sigmoid router with top-k normalisation, one shared
 # expert, first layer(s) dense, interleaved RoPE on a separate rope head dim), scaled down.
@@ -136,3 +136,64 @@ def expert_load(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         index=pd.Index(layers, name="layer"),
         columns=pd.Index(range(routers[0][1].num_experts), name="expert"),
     )
+
+
+def pretrained(name: str | None = None, profile=None):
+    """A DeepSeek-V3-architecture model pretrained on the stdlib corpus, and its tokenizer: (model, tokenizer).
+
+    Trained once per (model, profile sizes, corpus fingerprint) with `cookbook.train.Trainer` and cached as
+    safetensors under `cookbook.env.cache_dir()`, so later notebooks start from a real pretrained model
+    whatever order they run in. `name` defaults to the profile's model; `profile` is a name or a
+    `cookbook.env.Profile` (default: the current one). The model comes back on the CPU in eval mode.
+    """
+    import hashlib
+    import json
+    import os
+    import shutil
+
+    import datasets
+
+    from cookbook import env, train
+    from cookbook.data import corpus, tokenizer
+
+    P = profile if isinstance(profile, env.Profile) else env.profile(profile)
+    name = name or P.model
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(CONFIGS)}")
+    ds = corpus.load()
+    recipe = dict(model=name, sizes=CONFIGS[name], corpus=corpus.fingerprint(ds), recipe=1,
+                  **{k: getattr(P, k) for k in ("vocab_size", "tokenizer_fraction", "data_fraction", "seq_len",
+                                                 "batch_size", "steps", "lr")})
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    folder = env.cache_dir() / f"pretrained-{name}-{P.name}-{key}"
+    if (folder / "model.safetensors").exists():
+        return DeepseekV3ForCausalLM.from_pretrained(str(folder)).eval(), tokenizer.load(folder)
+
+    progress = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        splits = corpus.split(ds, fraction=P.data_fraction)
+        n_tok = max(1, round(len(splits["train"]) * P.tokenizer_fraction))
+        tok = tokenizer.trained(splits["train"].select(range(n_tok)), P.vocab_size)
+        blocks = {k: tokenizer.pack(v, tok, P.seq_len) for k, v in splits.items()}
+    finally:
+        if progress:
+            datasets.enable_progress_bars()
+    model = build(name, len(tok), seed=0)
+    config = train.TrainConfig.from_profile(P, eval_interval=0, progress=False)
+    trainer = train.Trainer(model, train.loader(blocks["train"], P.batch_size, seed=0),
+                            train.loader(blocks["validation"], P.batch_size, shuffle=False, drop_last=False), config)
+    history = trainer.fit()
+    model = trainer.model.to("cpu").eval()
+    if trainer.balancer is not None:
+        trainer.balancer.remove()
+
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    model.save_pretrained(str(tmp))  # safetensors + config.json, loadable with from_pretrained
+    tok.save_pretrained(str(tmp))
+    history.drop(columns=["expert_load"], errors="ignore").to_csv(tmp / "history.csv", index=False)
+    try:
+        tmp.replace(folder)  # atomic: a half-written model is never picked up
+    except OSError:  # another process finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model, tok
