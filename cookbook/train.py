@@ -129,8 +129,9 @@ def _targets(batch: dict[str, torch.Tensor]) -> int:
 def token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum (not mean) of next-token cross-entropies over the batch's targets (labels != -100)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-    # Position t predicts token t+1. The loss is computed in float32 even under autocast.
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+    # Position t predicts token t+1. The loss is computed in (at least) float32, even under autocast.
+    logits = logits[:, :-1].flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits, batch["labels"][:, 1:].flatten(),
                            ignore_index=-100, reduction="sum")
 
 
@@ -150,7 +151,7 @@ def backward_micro_batches(model, micro_batches, *, normalize: str = "tokens", p
     if n_targets == 0:
         raise ValueError("the micro-batches hold no target tokens (all labels are -100 or sequences have length 1)")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    step_loss = torch.zeros((), device=device)
+    losses = []
     for batch, count in zip(micro_batches, counts, strict=True):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         recording = balancer.recording() if balancer is not None else contextlib.nullcontext()
@@ -163,11 +164,11 @@ def backward_micro_batches(model, micro_batches, *, normalize: str = "tokens", p
             loss = loss_sum / n_targets
         else:
             loss = loss_sum / max(count, 1) / len(micro_batches)
-        step_loss += loss.detach()
+        losses.append(loss.detach())
         if balancer is not None:  # the aux loss is a mean over sequences: weight micro-batches by their share
             loss = loss + balancer.aux_loss() * (len(batch["input_ids"]) / n_sequences)
         (scaler.scale(loss) if scaler is not None else loss).backward()
-    return step_loss
+    return torch.stack(losses).sum()
 
 
 def cosine_schedule(step: int, *, steps: int, warmup_steps: int, min_ratio: float) -> float:
