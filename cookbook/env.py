@@ -44,7 +44,7 @@ class Profile:
     eval_batches: int  # batches per validation pass
     lr: float  # peak learning rate
     sample_tokens: int  # new tokens when sampling from a model
-    semantic_sample: int = 1000  # texts embedded for semantic deduplication (notebook 01)
+    semantic_sample: int = 400  # texts embedded for semantic deduplication (notebook 01)
 
 
 PROFILES: dict[str, Profile] = {
@@ -61,7 +61,7 @@ PROFILES: dict[str, Profile] = {
         eval_batches=4,
         lr=3e-3,
         sample_tokens=32,
-        semantic_sample=1000,
+        semantic_sample=400,
     ),
     "full": Profile(
         name="full",

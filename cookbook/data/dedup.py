@@ -415,7 +415,15 @@ def load_encoder(model=None, device=None):
         device = env.device()
     key = (str(path.resolve()), str(device))
     if key not in _ENCODERS:  # loading takes seconds; keep one copy per folder and device
-        _ENCODERS[key] = SentenceTransformer(str(path), device=str(device), local_files_only=True)
+        from transformers.utils import logging as hf_logging
+
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar in notebook outputs
+        try:
+            _ENCODERS[key] = SentenceTransformer(str(path), device=str(device), local_files_only=True)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
     return _ENCODERS[key]
 
 
