@@ -150,7 +150,7 @@ class Imbalance:
         if not threshold > 0:
             raise ValueError(f"imbalance threshold must be > 0, got {threshold}")
         self.threshold, self.patience = threshold, _positive_int("imbalance_patience", patience)
-        self.run, self.active = 0, False
+        self.run, self.clear, self.active = 0, 0, False
 
     def update(self, step: int, loads: dict[str, list[float]]) -> tuple[float, Alert | None]:
         """`loads`: tokens (or shares) per expert for each layer; returns (worst MaxVio, alert or None)."""
@@ -158,9 +158,11 @@ class Imbalance:
             return 0.0, None
         vio = {layer: max_violation(counts) for layer, counts in loads.items()}
         worst = max(vio, key=vio.get)
-        self.run = self.run + 1 if vio[worst] > self.threshold else 0
+        over = vio[worst] > self.threshold
+        self.run, self.clear = (self.run + 1, 0) if over else (0, self.clear + 1)
         if self.run < self.patience:
-            self.active = False
+            if self.clear >= self.patience:  # re-armed only once balance has held for `patience` steps
+                self.active = False
             return vio[worst], None
         if self.active:
             return vio[worst], None

@@ -72,7 +72,7 @@ class LiveView:
         self.monitor, self.total = monitor, total
         self.every_s, self.text_every_s = every_s, text_every_s
         self.notebook = in_notebook() if notebook is None else notebook
-        self._progress_wanted = progress
+        self.progress = progress  # None: a bar in your own loop, none under the Trainer (it has one)
         self._bar = None
         self._handle = None
         self._last_draw = -math.inf
@@ -81,7 +81,7 @@ class LiveView:
 
     # Trainer callback protocol: the trainer shows its own progress bar, so ours stays off.
     def on_train_begin(self, trainer) -> None:
-        self._progress_wanted = False if self._progress_wanted is None else self._progress_wanted
+        self.progress = False if self.progress is None else self.progress
 
     def on_step_end(self, trainer, logs) -> None:
         self.update(self.monitor)
@@ -116,8 +116,7 @@ class LiveView:
             self._bar = None
 
     def _advance(self, numbers) -> None:
-        wanted = self._progress_wanted if self._progress_wanted is not None else True
-        if not wanted:
+        if self.progress is False:
             return
         if self._bar is None:
             from tqdm.auto import tqdm

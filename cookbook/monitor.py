@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from cookbook.alerts import ALERT_KINDS, Alert, Imbalance, Overflow, Plateau, Spike, Vanishing
-from cookbook.monitor_io import CsvSink, JsonlSink, TensorBoardSink, sample_hardware, save_last_good
+from cookbook.monitor_io import CsvSink, JsonlSink, TensorBoardSink, sample_hardware
 
 __all__ = [
     "ALERT_KINDS",
@@ -165,6 +165,8 @@ class TrainingMonitor:
     # ------------------------------------------------------------------ the cookbook.train callback protocol
     def on_train_begin(self, trainer) -> None:
         self._attach(trainer.model)
+        if self.live is not None and self.live.progress is None:
+            self.live.progress = False  # the trainer shows its own progress bar
 
     def on_after_backward(self, trainer, loss) -> None:
         # trainer.step counts the steps done, so the step being taken (and later logged) is trainer.step + 1
@@ -331,9 +333,10 @@ class TrainingMonitor:
         lr = lr if lr is not None else _lr(optimizer)
         if lr is not None:
             row["lr"] = lr
-        scaling = scaler is not None and scaler.is_enabled()
-        if scaling:
-            row["scale"] = float(scaler.get_scale())
+        # Only a real GradScaler skips a step whose gradients overflowed; anything else would apply it.
+        scaling = isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
+        if scaler is not None and hasattr(scaler, "get_scale"):
+            row["scale"] = float(scaler.get_scale())  # the scale this step's backward used
         if not have:  # no gradients yet: only the loss can be checked
             row["loss"] = float(loss_t)
             if not math.isfinite(row["loss"]):
@@ -411,9 +414,14 @@ class TrainingMonitor:
         if not all(bool(torch.isfinite(p).all()) for _, p in self._params):
             note = "; the weights were already non-finite (an earlier update), so nothing was saved"
         else:
+            path = Path(where) / f"last-good-step-{step - 1}.safetensors"
             try:
-                saved = (trainer.save_checkpoint(Path(where) / f"last-good-step-{step - 1}.safetensors")
-                         if trainer is not None else save_last_good(model, optimizer, Path(where) / f"step-{step - 1}"))
+                if trainer is not None:  # the trainer's checkpoint also holds its schedule, scaler and data position
+                    saved = trainer.save_checkpoint(path)
+                else:
+                    from cookbook import checkpoint
+
+                    saved = checkpoint.save(path, model, optimizer, state={"step": step - 1})
             except Exception as exc:  # still stop: a failed save must not hide the NaN
                 note = f"; saving the last good state failed: {exc!r}"
         message = (f"non-finite {what} ({value}) at step {step}: training stopped before the update"

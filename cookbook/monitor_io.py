@@ -1,4 +1,4 @@
-"""Where monitoring goes: JSONL/CSV/TensorBoard sinks, hardware sampling and the NaN guard's checkpoint.
+"""Where monitoring goes: JSONL/CSV/TensorBoard sinks, and hardware sampling.
 
 Used by `cookbook.monitor.TrainingMonitor`; each sink has `write(row, layers)`, `alert(alert)`, `close()`.
 """
@@ -9,13 +9,12 @@ import csv
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["CsvSink", "JsonlSink", "TensorBoardSink", "load_last_good", "sample_hardware", "save_last_good"]
+__all__ = ["CsvSink", "JsonlSink", "TensorBoardSink", "sample_hardware"]
 
 
 def _clean(row: dict) -> dict:
@@ -185,51 +184,3 @@ def sample_hardware() -> dict[str, float]:
     except (AttributeError, psutil.Error):  # io_counters is not available on every platform
         pass
     return out
-
-
-def save_last_good(model: torch.nn.Module, optimizer, path: str | Path) -> Path:
-    """Save the model (safetensors) and optimizer state to folder `path` atomically; returns the folder.
-
-    A Hugging Face model is saved with `save_pretrained` (reload with `from_pretrained`); any other module
-    as `model.safetensors`. The optimizer state goes to `optimizer.pt` (loads with `weights_only=True`).
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if hasattr(model, "save_pretrained"):
-        model.save_pretrained(str(tmp), safe_serialization=True)
-    else:
-        from safetensors.torch import save_model
-
-        save_model(model, str(tmp / "model.safetensors"))
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)  # atomic on one filesystem: a half-written folder is never taken for a checkpoint
-    return path
-
-
-def load_last_good(model: torch.nn.Module, path: str | Path, optimizer=None) -> torch.nn.Module:
-    """Load a `save_last_good` folder back into `model` (and `optimizer`), safely (no pickle)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"no checkpoint folder at {path}")
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no .safetensors weights in {path}")
-    from safetensors.torch import load_file
-
-    state = {}
-    for file in files:
-        state.update(load_file(str(file)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = getattr(model, "_tied_weights_keys", None) or []
-    real_missing = [k for k in missing if k not in tied]
-    if unexpected or real_missing:
-        raise ValueError(f"checkpoint {path} does not match the model: missing {real_missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    if optimizer is not None and (path / "optimizer.pt").exists():
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    return model

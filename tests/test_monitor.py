@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cookbook import alerts, monitor_io
+from cookbook import alerts, checkpoint, failures, models, monitor_io, train
 from cookbook.live import LiveView, key_numbers
 from cookbook.monitor import NonFiniteError, TrainingAlertWarning, TrainingMonitor, layer_of
 
@@ -205,8 +205,6 @@ def test_imbalance_rule_uses_maxvio():
 
 
 def test_monitor_counts_expert_load_from_the_router_and_flags_collapse():
-    from cookbook import models
-
     model = models.build("tiny", 64)
     with torch.no_grad():  # force routing collapse: expert 3 wins every token through its correction bias
         model.model.layers[1].mlp.gate.e_score_correction_bias[3] = 10.0
@@ -239,11 +237,13 @@ def test_nan_loss_stops_and_saves_the_last_good_weights(tmp_path):
             opt.zero_grad()
     assert step == 4 and mon.should_stop and mon.alerts[-1].kind == "nan"
     saved = info.value.checkpoint
-    assert saved == tmp_path / "step-3" and (saved / "model.safetensors").exists()
-    fresh = monitor_io.load_last_good(mlp(seed=1), saved, torch.optim.AdamW(mlp(seed=1).parameters()))
+    assert saved == tmp_path / "last-good-step-3.safetensors" and str(saved) in str(info.value)
+    fresh = mlp(seed=1)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+    assert checkpoint.load(saved, fresh, fresh_opt)["step"] == 3
     for a, b in zip(fresh.state_dict().values(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # the weights after step 3, untouched by the NaN step
-    assert str(saved) in str(info.value)
+    assert fresh_opt.state_dict()["state"][0]["step"] == 4  # and the optimizer state of those 4 updates
 
 
 def test_nan_gradient_without_scaler_is_fatal_but_with_scaler_is_a_skip(tmp_path):
@@ -434,3 +434,90 @@ def test_live_view_updates_one_display_in_jupyter(monkeypatch):
     mon.close()
     assert shown[:2] == [("display", "Figure"), ("display", "HTML")]
     assert shown[2:] == [("update", "Figure"), ("update", "HTML")] * 3  # 2 more steps + the final draw
+
+
+# ------------------------------------------------------------------------------------------ with the real Trainer
+def token_loaders(n=48, seq=32, vocab=128, batch=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (n, seq), generator=g)
+    train_set = torch.utils.data.TensorDataset(ids)
+    as_batch = lambda rows: {"input_ids": torch.stack([r[0] for r in rows])}  # noqa: E731
+    return (torch.utils.data.DataLoader(train_set, batch_size=batch, shuffle=True, collate_fn=as_batch, generator=g),
+            torch.utils.data.DataLoader(train_set, batch_size=batch, collate_fn=as_batch))
+
+
+def test_trainer_integration_vanishing_stack():
+    train_loader, val_loader = token_loaders()
+    model = failures.SaturatingLM(128, depth=12, width=16)
+    mon = TrainingMonitor(hardware=False, stop_on=("vanishing",))
+    config = train.TrainConfig(steps=10, lr=1e-3, log_interval=1, progress=False, device="cpu")
+    trainer = train.Trainer(model, train_loader, None, config, callbacks=[mon])
+    history = trainer.fit()
+    assert [(a.kind, a.step) for a in mon.alerts] == [("vanishing", 3)]  # steps 1, 2, 3 below 1e-6
+    assert trainer.step == 3 and "vanishing" in trainer.stop_reason
+    assert len(history) == 3 and mon.history["step"].tolist() == [1, 2, 3]
+    assert mon.history["grad_norm"].tolist() == pytest.approx(history["grad_norm"].tolist(), rel=1e-5)
+    norms = mon.layer_grad_norms.iloc[-1]
+    assert norms["embed"] < 1e-6 and norms["layers.0"] < 1e-6 < norms["head"]
+
+
+def test_trainer_nan_guard_leaves_a_loadable_last_good_checkpoint(tmp_path):
+    """fp16 with an unsafe scaler: the growing scale overflows; the monitor saves the state before that step."""
+    train_loader, val_loader = token_loaders()
+    model = models.build("tiny", 128)
+    mon = TrainingMonitor(hardware=False, checkpoint_dir=tmp_path)
+    config = train.TrainConfig(steps=30, lr=1e-3, precision="fp16", log_interval=1, progress=False, device="cpu")
+    trainer = train.Trainer(model, train_loader, val_loader, config, callbacks=[mon])
+    trainer.scaler = failures.UnsafeLossScaler(init_scale=2.0**14, growth=4.0)
+    before = {}
+    mon.on_after_backward = (lambda original: lambda t, loss: (before.update(
+        {k: v.clone() for k, v in t.model.state_dict().items()}), original(t, loss)))(mon.on_after_backward)
+    with pytest.raises(NonFiniteError, match="non-finite gradients") as info:
+        trainer.fit()
+    bad_step = mon.alerts[-1].step
+    assert mon.alerts[-1].kind == "nan" and bad_step == trainer.step + 1 > 1
+    saved = info.value.checkpoint
+    assert saved == tmp_path / f"last-good-step-{bad_step - 1}.safetensors"
+    fresh = models.build("tiny", 128, seed=1)
+    state = checkpoint.load(saved, fresh)
+    assert state["step"] == bad_step - 1
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, before[name]), name  # exactly the weights the bad step would have damaged
+        assert torch.isfinite(value).all()
+    assert mon.history["scale"].tolist()[:3] == [2.0**14, 2.0**16, 2.0**18]
+
+
+@pytest.mark.slow
+def test_no_false_alarm_on_a_normal_run_of_the_smoke_model():
+    """The smoke model on the stdlib corpus with the Trainer's defaults: nothing fires except a routing
+    imbalance that the trainer's own load balancer measures too (an independent count of the same routing)."""
+    import datasets
+
+    from cookbook import env
+    from cookbook.data import corpus, tokenizer
+
+    datasets.disable_progress_bars()
+    P = env.profile("smoke")
+    ds = corpus.split(corpus.load(), 0.05, P.data_fraction)
+    tok = tokenizer.trained(corpus.split(corpus.load(), 0.05, P.tokenizer_fraction)["train"], P.vocab_size)
+    seq = P.seq_len // 2  # half-length blocks keep the test quick; the model and vocabulary are the profile's
+    train_loader = train.loader(tokenizer.pack(ds["train"], tok, seq), P.batch_size)
+    val_loader = train.loader(tokenizer.pack(ds["validation"], tok, seq), P.batch_size, shuffle=False)
+    model = models.build(P.model, len(tok))
+    mon = TrainingMonitor()
+    config = train.TrainConfig(steps=20, lr=P.lr, eval_interval=10, eval_batches=2, log_interval=1, progress=False,
+                               device="cpu", patience=None)
+    trainer = train.Trainer(model, train_loader, val_loader, config, callbacks=[mon])
+    history = trainer.fit()
+    assert history["loss"].iloc[-3:].mean() < history["loss"].iloc[:3].mean() - 0.5  # it learns
+    assert {a.kind for a in mon.alerts} <= {"imbalance"}, mon.alerts_frame()
+    logged = {int(r.step): r.expert_load for r in history.itertuples()}
+    load = mon.expert_load
+    for alert in mon.alerts:
+        trainer_vio = max(alerts.max_violation(row) for row in logged[alert.step])
+        assert trainer_vio > mon.imbalance.threshold  # the trainer's balancer sees the same collapse
+    for step in (1, 10, 20):  # and the monitor's counts are the trainer's, exactly
+        counts = load[load.step == step].pivot(index="layer", columns="expert", values="tokens")
+        shares = counts.div(counts.sum(axis=1), axis=0).to_numpy()
+        assert shares == pytest.approx(logged[step], abs=1e-4)
+    assert mon.history["val_loss"].notna().sum() == 2 and not mon.should_stop
