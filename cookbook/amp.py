@@ -22,7 +22,6 @@ __all__ = [
     "check",
     "dtype_table",
     "grad_scaler",
-    "saved_activation_bytes",
     "supported",
     "tf32",
 ]
@@ -112,26 +111,3 @@ def dtype_table():
         rows.append(dict(format=name, bits=info.bits, exponent_bits=info.bits - 1 - mantissa,
                          mantissa_bits=mantissa, max=info.max, smallest_normal=info.tiny, epsilon=info.eps))
     return pd.DataFrame(rows).set_index("format")
-
-
-def saved_activation_bytes(fn, exclude=()) -> tuple[object, int]:
-    """Run `fn()` and count the bytes autograd keeps for its backward: (result, bytes).
-
-    This is the activation memory of a training forward pass, measured the same way on CPU and GPU.
-    Tensors sharing storage are counted once, and `exclude` (e.g. `model.parameters()`, which live in
-    memory anyway) not at all. Gradient checkpointing shrinks it.
-    """
-    seen: dict[tuple[int, int], int] = {}
-    params = {t.untyped_storage().data_ptr() for t in exclude}
-
-    def pack(t: torch.Tensor):
-        if t.layout == torch.strided and t.device.type != "meta":
-            storage = t.untyped_storage()
-            key = (storage.data_ptr(), storage.device.index or 0)
-            if key[0] not in params:
-                seen[key] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(seen.values())

@@ -163,7 +163,8 @@ def pretrained(name: str | None = None, profile=None):
     ds = corpus.load()
     recipe = dict(model=name, sizes=CONFIGS[name], corpus=corpus.fingerprint(ds), recipe=1,
                   **{k: getattr(P, k) for k in ("vocab_size", "tokenizer_fraction", "data_fraction", "seq_len",
-                                                 "batch_size", "steps", "lr")})
+                                                 "batch_size", "steps", "lr", "train_precision", "moe_gamma")
+                     if hasattr(P, k)})
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     folder = env.cache_dir() / f"pretrained-{name}-{P.name}-{key}"
     if (folder / "model.safetensors").exists():

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cookbook import amp, checkpoint, moe
+from cookbook import amp, checkpoint, memory, moe
 
 __all__ = ["TrainConfig", "Trainer", "backward_micro_batches", "cosine_schedule", "loader", "pad_batch",
            "token_loss"]
@@ -81,7 +81,9 @@ class TrainConfig:
     def from_profile(cls, profile, **overrides) -> TrainConfig:
         """Steps, lr and evaluation sizes from a `cookbook.env.Profile`; any field can be overridden."""
         sizes = dict(steps=profile.steps, lr=profile.lr, eval_interval=profile.eval_interval,
-                     eval_batches=profile.eval_batches, log_interval=max(1, profile.steps // 30))
+                     eval_batches=profile.eval_batches, log_interval=max(1, profile.steps // 30),
+                     precision=getattr(profile, "train_precision", "fp32"),
+                     moe_gamma=getattr(profile, "moe_gamma", 1e-3))
         return cls(**{**sizes, **overrides})
 
 
@@ -207,9 +209,8 @@ class Trainer:
             warnings.warn(f"precision {c.precision} on {self.device}: {why}", stacklevel=2)
         self.model = model.to(self.device)
         self.train_loader, self.val_loader, self.callbacks = train_loader, val_loader, list(callbacks)
-        if c.grad_checkpointing:
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable({"use_reentrant": False})  # non-reentrant: works with autocast, hooks and frozen inputs
+        if c.grad_checkpointing:  # non-reentrant: works with autocast, hooks and frozen inputs
+            memory.set_checkpointing(model, True)
         self.balancer = moe.LoadBalancer(model, c.moe_gamma, c.moe_alpha) if moe.routers(model) else None
         self.optimizer = _optimizer(model, c, self.device)
         schedule = functools.partial(cosine_schedule, steps=c.steps, warmup_steps=max(1, round(c.warmup * c.steps)),

@@ -73,28 +73,3 @@ def test_tf32_switch_restores_previous_settings():
             assert matmul.fp32_precision == "ieee"
         assert matmul.fp32_precision == "tf32"
     assert matmul.fp32_precision == before
-
-
-def test_saved_activation_bytes_by_hand():
-    a = torch.randn(1000, requires_grad=True)
-    b = torch.randn(1000, requires_grad=True)
-    out, nbytes = amp.saved_activation_bytes(lambda: (a * b).sum())
-    assert nbytes == 2 * 1000 * 4  # mul keeps both inputs (4 bytes each); sum keeps none
-    _, nbytes = amp.saved_activation_bytes(lambda: (a * b).sum(), exclude=[b])
-    assert nbytes == 1000 * 4
-    _, nbytes = amp.saved_activation_bytes(lambda: (a * a).sum())
-    assert nbytes == 1000 * 4  # the same storage saved twice counts once
-    out.backward()
-    assert torch.equal(a.grad, b)
-
-
-def test_checkpointing_saves_less_for_backward():
-    from cookbook import models
-
-    model = models.build("tiny", 64)
-    ids = torch.randint(0, 64, (2, 32))
-    _, full = amp.saved_activation_bytes(lambda: model(input_ids=ids).logits.sum(), model.parameters())
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable({"use_reentrant": False})
-    _, checkpointed = amp.saved_activation_bytes(lambda: model(input_ids=ids).logits.sum(), model.parameters())
-    assert checkpointed < full / 3
