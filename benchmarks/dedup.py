@@ -64,7 +64,7 @@ def main() -> None:
     texts = list(ds["text"])
     mb = sum(ds["bytes"]) / 1e6
     print(f"stdlib incl. tests: {len(texts)} files, {mb:.1f} MB; {os.cpu_count()} CPU cores; "
-          f"{platform.processor() or platform.machine()}")
+          f"{platform.processor() or platform.machine()}; load average before: {os.getloadavg()[0]:.1f}")
     common = dict(threshold=args.threshold, num_perm=args.num_perm)
     runs = [_run(texts, "numpy fast path (all cores)", **common),
             _run(texts, "numpy fast path (1 process)", workers=1, **common)]
@@ -75,6 +75,7 @@ def main() -> None:
              "clusters": len(r.clusters), "removed": len(r.removed), "ratio vs last": round(reference / s, 2)}
             for label, s, r in runs]
     print(pd.DataFrame(rows).to_string(index=False))
+    print(f"load average after: {os.getloadavg()[0]:.1f} (other processes on the machine slow every row alike)")
     clusters = {label: sorted(map(tuple, r.clusters)) for label, _, r in runs}
     identical = all(c == clusters[runs[0][0]] for c in clusters.values())
     print(f"identical clusters across methods: {identical}")

@@ -83,6 +83,10 @@ def test_to_utc_mixed_offsets_and_naive_strings():
     assert (result.frame["t"] == pd.Timestamp("2024-03-01 08:00", tz="UTC")).all()
     assert str(result.frame["t"].dtype) == "datetime64[ns, UTC]"
     assert result.changed["row"].tolist() == [0, 1, 3]  # already-canonical UTC strings are not changes
+    stamps = pd.DataFrame({"t": pd.to_datetime(["2024-03-01 08:00", "2024-03-01 09:00"]).tz_localize("UTC")})
+    assert clean.to_utc(stamps, "t").changed.empty  # aware UTC datetimes are already standard
+    naive = clean.to_utc(stamps.assign(t=stamps["t"].dt.tz_localize(None)), "t", assume_tz="America/New_York")
+    assert naive.frame["t"].tolist() == (stamps["t"] + pd.Timedelta(hours=5)).tolist() and len(naive.changed) == 2
     paris = clean.to_utc(df.iloc[[1]], "t", assume_tz="Europe/Paris")  # winter: UTC+1
     assert paris.frame["t"].iloc[0] == pd.Timestamp("2024-03-01 07:00", tz="UTC")
 
@@ -206,3 +210,10 @@ def test_map_text_applies_a_text_function_with_a_report():
     result = clean.map_text(df, "note", clean_text.mask_pii)
     assert result.frame["note"].tolist()[:2] == ["mail <EMAIL>", "nothing"]
     assert result.changed["row"].tolist() == [0] and result.note == "mask_pii"
+
+
+def test_docstrings_extracts_summaries_in_order():
+    code = 'def f():\n    """Add two\n    numbers.\n\n    Details here."""\n\nclass C:\n    """A class."""\n    x = 1\n'
+    assert clean_text.docstrings(code) == ["Add two numbers.", "A class."]
+    assert clean_text.docstrings(code, first_line=False)[0] == "Add two\nnumbers.\n\nDetails here."
+    assert clean_text.docstrings("def broken(:") == []

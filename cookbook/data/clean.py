@@ -215,7 +215,15 @@ def to_utc(df: pd.DataFrame, column: str, assume_tz: str = "UTC", errors: str = 
     except Exception as exc:
         raise ValueError(f"unknown time zone {assume_tz!r}") from exc
     before = df[column]
-    parsed = pd.Series([_parse_utc(v, assume_tz, dayfirst) for v in before], index=df.index, dtype="datetime64[ns, UTC]")
+    parsed = None
+    if assume_tz in ("UTC", "utc"):  # vectorised: with utc=True pandas reads naive values as UTC already
+        try:
+            parsed = pd.to_datetime(before, utc=True, format="mixed", errors="coerce", dayfirst=dayfirst)
+        except (TypeError, ValueError):
+            parsed = None  # unusual mixtures of types: fall back to one value at a time
+    if parsed is None:
+        parsed = pd.Series([_parse_utc(v, assume_tz, dayfirst) for v in before], index=df.index)
+    parsed = parsed.astype("datetime64[ns, UTC]")
     bad = parsed.isna() & before.notna()
     if bad.any():
         message = f"column {column!r}: {int(bad.sum())} unparseable timestamp(s) in rows {_rows(df.index[bad])}"
@@ -224,8 +232,12 @@ def to_utc(df: pd.DataFrame, column: str, assume_tz: str = "UTC", errors: str = 
         warnings.warn(message + ("; rows removed" if errors == "remove" else "; set to NaT"), stacklevel=2)
     canonical = {i: {ts.isoformat(), ts.strftime("%Y-%m-%dT%H:%M:%SZ"), ts.strftime("%Y-%m-%d %H:%M:%S+00:00")}
                  for i, ts in parsed.dropna().items()}
-    differs = [not (isinstance(v, str) and v.strip() in canonical.get(i, ())) and not pd.isna(v)
-               for i, v in before.items()]
+    def already_utc(i, v) -> bool:
+        if isinstance(v, str):
+            return v.strip() in canonical.get(i, ())
+        return getattr(v, "tzinfo", None) is not None and v.utcoffset() == pd.Timedelta(0)
+
+    differs = [not pd.isna(v) and not already_utc(i, v) for i, v in before.items()]
     keep = ~bad.to_numpy() if errors == "remove" else np.ones(len(df), bool)
     out = df.copy()
     out[column] = parsed

@@ -6,13 +6,15 @@ reports what changed) or `series.map(fn)`, and on a `datasets.Dataset` with `ds.
 
 from __future__ import annotations
 
+import ast
 import html
+import inspect
 import ipaddress
 import re
 import unicodedata
 from collections.abc import Iterable
 
-__all__ = ["STOPWORDS", "clean_text", "find_pii", "mask_pii", "remove_stopwords"]
+__all__ = ["STOPWORDS", "clean_text", "docstrings", "find_pii", "mask_pii", "remove_stopwords"]
 
 # A compact English stopword list (function words only), built in so nothing is downloaded. Negations
 # (no, nor, not) are deliberately kept out: dropping them flips the meaning of "not bad".
@@ -110,3 +112,20 @@ def mask_pii(text: str, *, email: str = "<EMAIL>", ip: str = "<IP>", phone: str 
     for s, e, kind in reversed(_pii_spans(text)):  # from the end, so earlier offsets stay valid
         text = text[:s] + tokens[kind] + text[e:]
     return text
+
+
+def docstrings(code: str, first_line: bool = True) -> list[str]:
+    """The natural-language text inside Python source: module, class and function docstrings in order
+    (only their summary line with `first_line`). Code that does not parse gives an empty list."""
+    try:
+        tree = ast.parse(_require_str(code))
+    except (SyntaxError, ValueError):
+        return []
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=False)
+            if doc and doc.strip():
+                doc = inspect.cleandoc(doc)
+                out.append(doc.strip().split("\n\n")[0].replace("\n", " ") if first_line else doc)
+    return out
