@@ -11,9 +11,9 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["ALERT_KINDS", "Alert", "Imbalance", "Overflow", "Plateau", "Spike", "Vanishing"]
+__all__ = ["ALERT_KINDS", "Alert", "Divergence", "Imbalance", "Overflow", "Plateau", "Spike", "Vanishing", "max_violation"]
 
-ALERT_KINDS = ("nan", "vanishing", "exploding", "loss_spike", "overflow", "stalled", "imbalance")
+ALERT_KINDS = ("nan", "vanishing", "exploding", "loss_spike", "diverging", "overflow", "stalled", "imbalance")
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,11 @@ class Vanishing:
 class Spike:
     """A value far above its recent level: z-score against the previous `window` values above `z`.
 
-    The spread is floored at `floor` x |mean| so that a nearly flat curve does not turn noise into alarms;
-    `log=True` scores log10(value) (gradient norms move by factors, not by offsets).
+    The spread is floored so that a nearly flat curve does not turn noise into alarms: at `floor` x |mean|,
+    or with `log=True` (score log10(value): gradient norms move by factors, not offsets) at `floor` decades.
     """
 
-    def __init__(self, kind: str, window: int = 20, z: float = 6.0, floor: float = 0.02, min_points: int = 5,
+    def __init__(self, kind: str, window: int = 20, z: float = 6.0, floor: float = 0.02, min_points: int = 3,
                  log: bool = False):
         if kind not in ("exploding", "loss_spike"):
             raise ValueError(f"a Spike detector watches 'exploding' or 'loss_spike', not {kind!r}")
@@ -94,7 +94,7 @@ class Spike:
         x = math.log10(value) if self.log else value
         mean = sum(self.values) / len(self.values)
         std = math.sqrt(sum((v - mean) ** 2 for v in self.values) / len(self.values))
-        return (x - mean) / max(std, self.floor * abs(mean), 1e-12)
+        return (x - mean) / max(std, self.floor if self.log else self.floor * abs(mean), 1e-12)
 
     def update(self, step: int, value: float) -> Alert | None:
         if not math.isfinite(value) or (self.log and value <= 0):
@@ -110,6 +110,42 @@ class Spike:
             message = (f"loss {value:.4g} is {z:.1f} standard deviations above its recent mean: learning rate "
                        "too high, a bad batch, or a shift in the data distribution")
         return Alert(step, self.kind, value, self.z, message)
+
+
+class Divergence:
+    """Non-convergence: the smoothed training loss has climbed `ratio` above the lowest it has been.
+
+    A healthy loss falls or stays flat; one that climbs back up (learning rate too high, a corrupted data
+    stream) has stopped converging. The loss is smoothed by an EMA (`weight`, bias-corrected like
+    TensorBoard's) so single noisy batches do not count; judged from the `min_points`-th step on.
+    """
+
+    def __init__(self, ratio: float = 0.1, weight: float = 0.9, min_points: int = 3):
+        if not ratio > 0 or not 0 <= weight < 1:
+            raise ValueError(f"need diverge_ratio > 0 and 0 <= weight < 1, got {ratio}, {weight}")
+        self.ratio, self.weight, self.min_points = ratio, weight, _positive_int("min_points", min_points)
+        self.avg = self.norm = 0.0
+        self.count, self.best, self.best_step, self.active = 0, math.inf, None, False
+
+    def update(self, step: int, loss: float) -> Alert | None:
+        if not math.isfinite(loss):
+            return None
+        self.avg = self.weight * self.avg + (1 - self.weight) * loss
+        self.norm = self.weight * self.norm + (1 - self.weight)
+        self.count += 1
+        smoothed = self.avg / self.norm
+        if smoothed < self.best:
+            self.best, self.best_step = smoothed, step
+        rise = (smoothed - self.best) / max(abs(self.best), 1e-12)
+        if self.count < self.min_points or rise <= self.ratio:
+            self.active = self.active and rise > self.ratio / 2  # re-armed once back near the best
+            return None
+        if self.active:
+            return None
+        self.active = True
+        return Alert(step, "diverging", smoothed, self.best * (1 + self.ratio),
+                     f"smoothed loss {smoothed:.4g} is {rise:.0%} above its best {self.best:.4g} (step "
+                     f"{self.best_step}): the run is not converging; the learning rate is likely too high")
 
 
 class Plateau:

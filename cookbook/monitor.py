@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from cookbook.alerts import ALERT_KINDS, Alert, Imbalance, Overflow, Plateau, Spike, Vanishing
+from cookbook.alerts import ALERT_KINDS, Alert, Divergence, Imbalance, Overflow, Plateau, Spike, Vanishing
 from cookbook.monitor_io import CsvSink, JsonlSink, TensorBoardSink, sample_hardware
 
 __all__ = [
@@ -85,7 +85,9 @@ class TrainingMonitor:
       vanishing: a layer's (or the whole model's) gradient norm below `vanish_threshold` for
         `vanish_patience` consecutive steps (the guide's rule: < 1e-6 for 3 steps).
       exploding / loss_spike: z-score of log10(grad norm) / loss against the previous `spike_window` steps
-        above `spike_z` (spread floored at `spike_floor` x the mean, so a flat curve raises no alarm).
+        above `spike_z` (spread floored at 0.1 decade / `spike_floor` x the mean loss, so a flat curve raises
+        no alarm), from the `spike_min_points`-th step on.
+      diverging: the EMA-smoothed loss more than `diverge_ratio` above its lowest value (non-convergence).
       nan: non-finite loss, or non-finite gradients without a GradScaler (with one, the scaler skips the
         step: counted as `skipped`, and `overflow` fires after `overflow_patience` skips in a row).
         Always stops: the last good weights are saved, then `NonFiniteError` is raised.
@@ -98,8 +100,8 @@ class TrainingMonitor:
     """
 
     def __init__(self, *, vanish_threshold: float = 1e-6, vanish_patience: int = 3, spike_window: int = 20,
-                 spike_z: float = 6.0, spike_floor: float = 0.02, spike_min_points: int = 5,
-                 patience: int | None = 3, min_delta: float = 0.0, imbalance_threshold: float = 2.0,
+                 spike_z: float = 6.0, spike_floor: float = 0.02, spike_min_points: int = 3,
+                 diverge_ratio: float = 0.1, patience: int | None = 3, min_delta: float = 0.0, imbalance_threshold: float = 2.0,
                  imbalance_patience: int = 3, overflow_patience: int = 10, max_grad_norm: float | None = 1.0,
                  stop_on: Iterable[str] = ("stalled",), layer_every: int = 1, track_experts: bool = True,
                  hardware: bool = True, log_dir: str | Path | None = None, tensorboard: bool = False,
@@ -113,7 +115,9 @@ class TrainingMonitor:
             raise ValueError(f"layer_every must be a positive int, got {layer_every!r}")
         self.vanishing = Vanishing(vanish_threshold, vanish_patience)
         self.loss_spike = Spike("loss_spike", spike_window, spike_z, spike_floor, spike_min_points)
-        self.exploding = Spike("exploding", spike_window, spike_z, spike_floor, spike_min_points, log=True)
+        # gradient norms are scored in decades; a spread below 0.1 decade (x1.26) is treated as 0.1
+        self.exploding = Spike("exploding", spike_window, spike_z, 0.1, spike_min_points, log=True)
+        self.diverging = Divergence(diverge_ratio, min_points=spike_min_points)
         self.plateau = Plateau(patience, min_delta) if patience is not None else None
         self.imbalance = Imbalance(imbalance_threshold, imbalance_patience)
         self.overflow = Overflow(overflow_patience)
@@ -371,6 +375,7 @@ class TrainingMonitor:
         self._update_ratio(step, params, have, layer_step)
         self._emit(self.vanishing.update(step, {"(all)": grad_norm, **(layer_norms if layer_step else {})}))
         self._emit(self.loss_spike.update(step, loss_v))
+        self._emit(self.diverging.update(step, loss_v))
         self._emit(self.exploding.update(step, grad_norm))
 
     def _update_ratio(self, step: int, params: list, have: list[int], layer_step: bool) -> None:

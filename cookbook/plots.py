@@ -121,8 +121,8 @@ def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], *, title: s
 # Trainer.history), a TrainingMonitor itself, or a list of row dicts. A panel whose columns are missing
 # shows a short message instead of failing, so a partial history still gives a figure.
 
-ALERT_COLORS = {"nan": "black", "vanishing": "C4", "exploding": "C3", "loss_spike": "C1", "overflow": "C5",
-                "stalled": "C2", "imbalance": "C6"}
+ALERT_COLORS = {"nan": "black", "vanishing": "C4", "exploding": "C3", "loss_spike": "C1", "diverging": "C9",
+                "overflow": "C5", "stalled": "C2", "imbalance": "C6"}
 
 
 def _history(run):
@@ -371,11 +371,23 @@ def _draw_ratio(ax, frame) -> None:
     ax.legend(fontsize=8)
 
 
+def _draw_imbalance(ax, frame) -> None:
+    col = _column(frame, "max_vio", "load_maxvio")
+    if col is None:
+        return _missing(ax, "'max_vio' column (MoE expert load)", frame.columns)
+    rows = frame[np.isfinite(frame[col].astype(float))]
+    ax.plot(rows["step"], rows[col], color="C6")
+    ax.axhline(0.0, color="0.5", linestyle=":", linewidth=1, label="perfect balance")
+    ax.set(title="MoE load imbalance", xlabel="step", ylabel="MaxVio (busiest / fair - 1)")
+    ax.legend(fontsize=8)
+
+
 def dashboard(run, *, clip: float | None = 1.0, threshold: float | None = None, early_stop: int | None = None,
               title: str = ""):
     """A run at a glance: loss, gradient norm, lr, update ratio, throughput/memory and per-layer gradients.
 
-    `run` is a TrainingMonitor (uses its alerts and per-layer norms) or a history DataFrame.
+    `run` is a TrainingMonitor (uses its alerts and per-layer norms) or a history DataFrame (then the
+    last panel shows the MoE load imbalance, when the history has it).
     """
     frame = _history(run)
     alerts = run.alerts_frame() if hasattr(run, "alerts_frame") else None
@@ -386,7 +398,10 @@ def dashboard(run, *, clip: float | None = 1.0, threshold: float | None = None, 
     _draw_lr(axes[2], frame)
     _draw_ratio(axes[3], frame)
     _draw_throughput(axes[4], frame)
-    _draw_layers(fig, axes[5], layer_norms, 1e-6, "grad norm per layer")
+    if layer_norms is not None and layer_norms.size or _column(frame, "max_vio", "load_maxvio") is None:
+        _draw_layers(fig, axes[5], layer_norms, 1e-6, "grad norm per layer")
+    else:  # a plain history has no per-layer norms; an MoE run's balance is the next most useful panel
+        _draw_imbalance(axes[5], frame)
     if title:
         fig.suptitle(title, fontweight="bold")
     return _close(fig)

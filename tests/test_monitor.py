@@ -172,8 +172,46 @@ def test_exploding_fires_on_a_gradient_norm_jump_in_a_real_loop():
         opt.zero_grad()
         if mon.should_stop:
             break
-    assert [(a.kind, a.step) for a in mon.alerts] == [("loss_spike", 25), ("exploding", 25)]
+    assert [(a.kind, a.step) for a in mon.alerts] == [("loss_spike", 25), ("diverging", 25), ("exploding", 25)]
     assert step == 25 and "exploding" in mon.stop_reason
+
+
+def test_gradient_spikes_are_scored_in_decades_with_a_floor():
+    rule = alerts.Spike("exploding", window=10, z=6.0, floor=0.1, min_points=3, log=True)
+    for step, value in enumerate([1.0, 1.0, 1.0]):
+        assert rule.update(step, value) is None
+    # a flat history: the spread is floored at 0.1 decade, so x3.9 (0.59 decade) is z = 5.9: no alarm ...
+    assert rule.score(3.9) == pytest.approx(math.log10(3.9) / 0.1)
+    assert rule.update(3, 3.9) is None
+    # ... but x100 is far outside it
+    assert rule.update(4, 100.0).kind == "exploding"
+
+
+def test_divergence_fires_when_the_smoothed_loss_climbs_back_up():
+    rule = alerts.Divergence(ratio=0.1, weight=0.5, min_points=3)
+    falling = [8.0, 7.0, 6.5, 6.4, 6.6, 6.3, 6.2]  # noisy but converging: never 10% above the best
+    assert all(rule.update(s, v) is None for s, v in enumerate(falling))
+    fired = [rule.update(s, v) for s, v in enumerate([9.0, 9.5], start=7)]
+    # by hand: EMA (weight 0.5, debiased) goes 6.40 -> 7.70 (+20% over the best, 6.40 at step 6)
+    assert fired[0] is not None and fired[0].kind == "diverging" and fired[0].step == 7
+    assert fired[0].threshold == pytest.approx(rule.best * 1.1) and fired[1] is None  # one alert per episode
+    assert alerts.Divergence().update(0, 100.0) is None  # one point: nothing to compare with
+
+
+def test_too_high_learning_rate_is_caught_in_a_real_loop():
+    model = mlp()
+    x, y = data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # far too high for this regression: it blows up
+    mon = TrainingMonitor(hardware=False, stop_on=("diverging", "exploding", "loss_spike"))
+    for step in range(30):
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        mon.step(model, loss, step=step, optimizer=opt)
+        opt.step()
+        opt.zero_grad()
+        if mon.should_stop:
+            break
+    assert mon.should_stop and step < 10 and mon.alerts[0].kind in {"diverging", "exploding", "loss_spike"}
 
 
 def test_plateau_stops_on_overfitting_with_a_clear_reason():

@@ -148,8 +148,11 @@ def test_dashboard_has_six_panels_and_returns_a_closed_figure():
     import matplotlib.pyplot as plt
 
     frame = history()
+    frame["max_vio"] = np.linspace(2.0, 0.5, len(frame))
     fig = plots.dashboard(frame, title="run")
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles[:5] == ["loss", "gradient norm", "learning rate", "update / weight ratio", "throughput and memory"]
+    assert titles[:6] == ["loss", "gradient norm", "learning rate", "update / weight ratio", "throughput and memory",
+                          "MoE load imbalance"]
+    assert list(fig.axes[5].lines[0].get_ydata()) == pytest.approx(frame["max_vio"].tolist())
     assert fig._suptitle.get_text() == "run"
     assert not plt.fignum_exists(fig.number)  # closed: shown once in a notebook, not twice
