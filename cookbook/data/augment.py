@@ -132,7 +132,7 @@ def embedding_thesaurus(words: Sequence[str], model=None, k: int = 3, min_simila
     """Synonym candidates from embedding neighbours: for each word, its `k` nearest other words of the
     list with cosine ≥ `min_similarity`, under a local sentence-transformers model (default: the
     offline MiniLM from the `semantic` extra)."""
-    from cookbook.data.dedup import embed
+    from cookbook.data.embeddings import embed
 
     words = list(dict.fromkeys(words))
     if len(words) < 2:

