@@ -41,6 +41,18 @@ def test_process_pool_matches_single_process():
     assert all(np.array_equal(a, b) for a, b in zip(h1, h2, strict=True))
 
 
+def test_failed_worker_processes_fall_back_to_one_process(monkeypatch):
+    docs, _ = synthetic.near_duplicates(10, seed=1)
+
+    def broken(*args):
+        raise RuntimeError("start method not usable here")
+
+    monkeypatch.setattr(dedup, "_sign_parallel", broken)
+    with pytest.warns(UserWarning, match="signing in this process"):
+        signatures, _ = dedup.minhash_signatures(docs, workers=2)
+    np.testing.assert_array_equal(signatures, dedup.minhash_signatures(docs, workers=1)[0])
+
+
 def test_minhash_clusters_on_handmade_documents():
     edited = BASE.replace("print(add(1, 2), sub(3, 4))", "print(add(1, 2), sub(3, 5))")
     docs = [BASE, "completely different text about cats and dogs " * 5, edited, BASE + "\n\n", "", " \n"]
@@ -48,7 +60,7 @@ def test_minhash_clusters_on_handmade_documents():
     assert report.clusters == [[0, 2, 3], [4, 5]]  # edited copy + whitespace-only copy; the two blank docs
     assert report.keep.tolist() == [True, True, False, False, True, False]
     assert report.removed == [2, 3, 5] and report.removed_fraction == pytest.approx(3 / 6)
-    assert report.summary()["largest cluster"] == 3
+    assert report.summary()["largest cluster"] == 3 and report.sizes == [3, 2]
     pair = report.pairs.set_index(["i", "j"]).loc[(0, 2)]
     a, b = dedup.shingles(BASE, 3), dedup.shingles(edited, 3)
     assert pair["similarity"] == pytest.approx(len(a & b) / len(a | b))  # verified with exact Jaccard

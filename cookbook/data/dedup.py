@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import multiprocessing
 import os
 import re
+import sys
 import time
 import unicodedata
+import warnings
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +67,11 @@ class DedupReport:
     @property
     def removed_fraction(self) -> float:
         return len(self.removed) / self.n if self.n else 0.0
+
+    @property
+    def sizes(self) -> list[int]:
+        """Size of each cluster, largest first."""
+        return [len(c) for c in self.clusters]
 
     @property
     def representatives(self) -> list[int]:
@@ -245,7 +255,8 @@ def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _workers(workers: int | None, total_chars: int) -> int:
     if workers is None:  # processes only pay off beyond a few MB of text
-        workers = min(os.cpu_count() or 1, 8) if total_chars > 4_000_000 else 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = min(cores, 8) if total_chars > 4_000_000 else 1
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     return workers
@@ -285,24 +296,33 @@ def minhash_signatures(texts: Sequence[str], *, num_perm: int = 128, k: int = 5,
     bounds = np.searchsorted(sizes, np.linspace(0, sizes[-1], n_chunks + 1)[1:-1])
     edges = [0, *sorted(set(int(x) + 1 for x in bounds)), len(texts)]
     ranges = [(s, e) for s, e in zip(edges[:-1], edges[1:], strict=True) if e > s]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    try:
+        parts = _sign_parallel(texts, ranges, workers, k, a, b)
+    except (BrokenProcessPool, RuntimeError, OSError) as exc:  # e.g. spawn from a script with no main guard
+        warnings.warn(f"MinHash worker processes failed ({type(exc).__name__}); signing in this process",
+                      stacklevel=2)
+        return _sign_chunk(list(texts), k, a, b)
+    return np.concatenate([p[0] for p in parts]), [h for p in parts for h in p[1]]
 
+
+def _sign_parallel(texts, ranges, workers: int, k: int, a: np.ndarray, b: np.ndarray) -> list:
     global _SHARED
-    if "fork" in multiprocessing.get_all_start_methods():
+    if sys.platform.startswith("linux"):
         # Forked workers read the texts from the parent's memory instead of receiving pickled copies,
         # and fork needs no `if __name__ == "__main__"` guard in the caller's script. The workers only
-        # run hashlib, re and NumPy element-wise code (no OpenMP), which is safe after a fork.
+        # run hashlib, re and NumPy element-wise code (no OpenMP, no locks of the parent's threads).
         _SHARED = texts
         context, jobs = multiprocessing.get_context("fork"), [(_sign_shared, (s, e)) for s, e in ranges]
-    else:
+    else:  # macOS/Windows: fork is unsafe or absent there
         context, jobs = multiprocessing.get_context("spawn"), [(_sign_chunk, (list(texts[s:e]),)) for s, e in ranges]
     try:
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            parts = [f.result() for f in [pool.submit(fn, *args, k, a, b) for fn, args in jobs]]
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns about fork() in any multi-threaded process (a Jupyter kernel is one).
+            warnings.filterwarnings("ignore", message=".*multi-threaded.*fork", category=DeprecationWarning)
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                return [f.result() for f in [pool.submit(fn, *args, k, a, b) for fn, args in jobs]]
     finally:
         _SHARED = []
-    return np.concatenate([p[0] for p in parts]), [h for p in parts for h in p[1]]
 
 
 def lsh_params(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
