@@ -148,6 +148,17 @@ def test_pipeline_report_counts_and_removed_rows():
     assert set(result.changes["rule"]) == {"fill_missing(age, median)", "fill_missing(city, mode)"}
 
 
+def test_pipeline_skips_rules_once_every_row_is_gone():
+    df = pd.DataFrame({"t": ["never", "later"], "v": [1.0, np.nan]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = clean.pipeline(df, [step(clean.to_utc, column="t"), step(clean.fill_missing, column="v")])
+    assert [str(w.message) for w in caught] == ["column 't': 2 unparseable timestamp(s) in rows 0, 1; rows removed",
+                                                "the pipeline removed all 2 rows; see result.removed"]
+    assert result.frame.empty and len(result.removed) == 2
+    assert result.summary["note"].tolist()[1] == "skipped: no rows left"
+
+
 def test_pipeline_rejects_bad_rules():
     with pytest.raises(ValueError, match="at least one rule"):
         clean.pipeline(frame(), [])
@@ -162,7 +173,7 @@ def test_pipeline_rejects_bad_rules():
     values=st.lists(st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)), min_size=1, max_size=40),
     keys=st.lists(st.integers(0, 5), min_size=40, max_size=40),
     texts=st.lists(st.text(max_size=8), min_size=40, max_size=40),
-    order=st.permutations(range(5)),
+    order=st.permutations(range(7)),
 )
 def test_nothing_is_ever_lost(values, keys, texts, order):
     n = len(values)
@@ -170,7 +181,8 @@ def test_nothing_is_ever_lost(values, keys, texts, order):
                       index=np.arange(100, 100 + n))
     rules = [step(clean.drop_duplicate_keys, keys="k"), step(clean.zscore_outliers, column="v", threshold=1.5),
              step(clean.iqr_outliers, column="v"), step(clean.normalize_whitespace, column="s"),
-             step(clean.fix_unicode, column="s")]
+             step(clean.fix_unicode, column="s"), step(clean.fill_missing, column="v", strategy="median"),
+             step(clean.to_utc, column="s")]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

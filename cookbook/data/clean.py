@@ -358,6 +358,10 @@ def pipeline(df: pd.DataFrame, rules: Sequence[Callable[[pd.DataFrame], RuleResu
     current, summary, removed, changes = df, [], [], []
     for rule in rules:
         name = getattr(rule, "__name__", repr(rule))
+        if current.empty:  # an earlier rule removed every row: nothing left for this one
+            summary.append({"rule": name, "rows in": 0, "rows out": 0, "rows removed": 0, "cells changed": 0,
+                            "note": "skipped: no rows left"})
+            continue
         result = rule(current)
         if not isinstance(result, RuleResult):
             raise TypeError(f"rule {name} returned {type(result).__name__}, not a RuleResult")
@@ -374,6 +378,8 @@ def pipeline(df: pd.DataFrame, rules: Sequence[Callable[[pd.DataFrame], RuleResu
         current = result.frame
     removed_df = pd.concat(removed) if removed else df.iloc[:0].assign(removed_by=pd.Series(dtype=object))
     changes_df = pd.concat(changes, ignore_index=True) if changes else _no_changes().assign(rule=[])
+    if current.empty:
+        warnings.warn(f"the pipeline removed all {len(df)} rows; see result.removed", stacklevel=2)
     if len(current) + len(removed_df) != len(df):
         raise AssertionError("pipeline lost rows")  # cannot happen after the per-rule check; kept as a guard
     return PipelineResult(current, pd.DataFrame(summary), removed_df, changes_df)
