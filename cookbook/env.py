@@ -45,6 +45,7 @@ class Profile:
     lr: float  # peak learning rate
     sample_tokens: int  # new tokens when sampling from a model
     semantic_sample: int = 400  # texts embedded for semantic deduplication (notebook 01)
+    demo_model: str = "tiny"  # model of the short diagnostic runs (notebook 06): a name from models.CONFIGS
 
 
 PROFILES: dict[str, Profile] = {
@@ -62,6 +63,7 @@ PROFILES: dict[str, Profile] = {
         lr=3e-3,
         sample_tokens=32,
         semantic_sample=400,
+        demo_model="tiny",
     ),
     "full": Profile(
         name="full",
@@ -77,6 +79,7 @@ PROFILES: dict[str, Profile] = {
         lr=1e-3,
         sample_tokens=96,
         semantic_sample=20000,
+        demo_model="full",
     ),
 }
 
