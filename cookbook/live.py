@@ -67,7 +67,7 @@ class LiveView:
     the final state is always drawn at `close()`. `notebook=None` detects Jupyter.
     """
 
-    def __init__(self, monitor=None, *, total: int | None = None, every_s: float = 2.0, text_every_s: float = 10.0,
+    def __init__(self, monitor=None, *, total: int | None = None, every_s: float = 5.0, text_every_s: float = 10.0,
                  notebook: bool | None = None, progress: bool | None = None):
         self.monitor, self.total = monitor, total
         self.every_s, self.text_every_s = every_s, text_every_s

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import tempfile
 import time
 import warnings
@@ -444,8 +445,8 @@ class TrainingMonitor:
         self.alerts.append(alert)
         for sink in self.sinks:
             sink.alert(alert)
-        if self.warn:
-            warnings.warn(str(alert), TrainingAlertWarning, stacklevel=4)
+        if self.warn:  # attributed to the caller's line (your loop, or `trainer.fit()`), not to library code
+            warnings.warn(str(alert), TrainingAlertWarning, stacklevel=_caller_level())
         if alert.kind in self.stop_on and not self.should_stop:
             self.should_stop, self.stop_reason = True, str(alert)
 
@@ -471,6 +472,18 @@ class TrainingMonitor:
                 for sink in self.sinks:
                     sink.write(self._rows[step], self._layer_rows.get(step, {}))
         self._pending = keep
+
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def _caller_level() -> int:
+    """The `stacklevel` of the first frame outside the cookbook package (and torch's hook machinery)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+                                 or "/torch/" in frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _scalar(value):

@@ -183,12 +183,12 @@ def _draw_loss(ax, frame, *, weight=0.8, threshold=None, early_stop=None, alerts
         rows = frame[np.isfinite(frame[val].astype(float))]
         ax.plot(rows["step"], rows[val], color="C1", marker="o", markersize=4, label="validation")
     if threshold is not None:
-        ax.axhline(threshold, color="C3", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+        ax.axhline(threshold, color="C3", linestyle="--", linewidth=1, label=f"threshold {threshold:.4g}")
     if early_stop is not None:
         ax.axvline(early_stop, color="C2", linestyle=":", linewidth=1.5, label=f"early stop (step {early_stop})")
     for kind, steps in _alert_steps(alerts).items():
         for i, step in enumerate(steps):
-            ax.axvline(step, color=ALERT_COLORS.get(kind, "0.5"), alpha=0.35, linewidth=1,
+            ax.axvline(step, color=ALERT_COLORS.get(kind, "0.5"), alpha=0.6, linewidth=1.2, linestyle="-.",
                        label=f"alert: {kind}" if i == 0 else None)
     if logy:
         ax.set_yscale("log")
@@ -289,9 +289,11 @@ def _draw_heatmap(fig, ax, table, *, title, xlabel, ylabel, label, log=False, ce
     shown = np.log10(np.where(values > 0, values, np.nan)) if log else values
     cmap = plt.get_cmap("RdBu_r" if center is not None else "viridis").copy()
     kwargs = {}
-    if center is not None:
-        spread = np.nanmax(np.abs(shown - center)) if np.isfinite(shown).any() else 1.0
-        kwargs = dict(vmin=center - spread, vmax=center + spread)
+    if center is not None:  # white at `center`; blue below it down to 0, red above it
+        from matplotlib.colors import TwoSlopeNorm
+
+        top = np.nanmax(shown) if np.isfinite(shown).any() else 2 * center
+        kwargs["norm"] = TwoSlopeNorm(vcenter=center, vmin=min(0.0, center * 0.999), vmax=max(top, center * 2))
     if under is not None:
         cmap = cmap.with_extremes(under="red")
         kwargs["vmin"] = np.log10(under) if log else under

@@ -135,6 +135,7 @@ def test_expert_load_heatmap_shows_share_of_fair_load():
     wide = pd.DataFrame([[30, 10, 0, 0], [10, 10, 10, 10]], index=["layer 1", "layer 2"])
     image = plots.expert_load_heatmap(wide).axes[0].images[0]
     np.testing.assert_allclose(image.get_array(), [[3.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    assert (image.norm.vmin, image.norm.vcenter, image.norm.vmax) == (0.0, 1.0, 3.0)  # white = fair share
     long = pd.DataFrame([dict(step=s, layer=layer, expert=e, tokens=t) for s in (1, 2)
                          for layer, loads in (("layers.1", [4, 4]), ("layers.2", [8, 0])) for e, t in enumerate(loads)])
     fig = plots.expert_load_heatmap(long)  # defaults to the most imbalanced layer over steps
