@@ -42,6 +42,8 @@ def saved_activation_bytes(fn, exclude=()) -> tuple[object, int]:
 def set_checkpointing(model, enabled: bool) -> None:
     """Switch (non-reentrant) gradient checkpointing of a transformers model on or off."""
     if enabled:
+        if getattr(getattr(model, "config", None), "use_cache", False):
+            model.config.use_cache = False  # a KV cache is for generation; recomputation cannot use one
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable({"use_reentrant": False})
     else:

@@ -17,7 +17,7 @@ import contextlib
 
 import torch
 
-__all__ = ["LoadBalancer", "max_violation", "routers", "sequence_aux_loss"]
+__all__ = ["LoadBalancer", "bias_disabled", "max_violation", "routers", "sequence_aux_loss"]
 
 
 def routers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -43,11 +43,28 @@ def sequence_aux_loss(router_logits: torch.Tensor, topk_indices: torch.Tensor, b
     return (f * p).sum(-1).mean()
 
 
-def max_violation(load: torch.Tensor) -> torch.Tensor:
-    """MaxVio, the paper's imbalance measure: (max load − mean load) / mean load, per layer (row)."""
+def max_violation(load) -> torch.Tensor:
+    """MaxVio, the paper's imbalance measure: (max load − mean load) / mean load, per layer (row).
+
+    `load` is a tensor, an array or a DataFrame such as `models.expert_load(...)` (layers x experts).
+    """
+    load = torch.tensor(load.to_numpy(dtype=float)) if hasattr(load, "to_numpy") else torch.as_tensor(load)
     load = load.float()
     mean = load.mean(-1)
     return (load.max(-1).values - mean) / mean.clamp_min(1e-12)
+
+
+@contextlib.contextmanager
+def bias_disabled(model: torch.nn.Module):
+    """Temporarily zero every router's correction bias, to see how the router alone would route."""
+    saved = [(router, router.e_score_correction_bias.clone()) for _, router in routers(model)]
+    try:
+        for router, _ in saved:
+            router.e_score_correction_bias.zero_()
+        yield model
+    finally:
+        for router, bias in saved:
+            router.e_score_correction_bias.copy_(bias)
 
 
 class LoadBalancer:

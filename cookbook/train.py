@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from cookbook import amp, checkpoint, memory, moe
 
-__all__ = ["TrainConfig", "Trainer", "backward_micro_batches", "cosine_schedule", "loader", "pad_batch",
+__all__ = ["TrainConfig", "Trainer", "accumulation_error", "backward_micro_batches", "cosine_schedule", "loader", "pad_batch",
            "token_loss"]
 
 
@@ -171,6 +171,46 @@ def backward_micro_batches(model, micro_batches, *, normalize: str = "tokens", p
             loss = loss + balancer.aux_loss() * (len(batch["input_ids"]) / n_sequences)
         (scaler.scale(loss) if scaler is not None else loss).backward()
     return torch.stack(losses).sum()
+
+
+def _concat(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One batch holding every sequence of `batches`, right-padded to the widest (padding is masked out)."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+    fills = {"input_ids": 0, "attention_mask": 0, "labels": -100}
+    out = {}
+    for key, fill in fills.items():
+        parts = []
+        for b in batches:
+            value = b.get(key, torch.ones_like(b["input_ids"]) if key == "attention_mask" else None)
+            parts.append(F.pad(value, (0, width - value.shape[1]), value=fill))
+        out[key] = torch.cat(parts)
+    return out
+
+
+def accumulation_error(model, micro_batches, *, device="cpu"):
+    """Relative gradient error of accumulating `micro_batches` vs one big batch of all their sequences.
+
+    A DataFrame with one row per normalisation ("tokens": exact, "steps": the naive mean / k). Use a
+    float64 model to see the difference between a real error and rounding.
+    """
+    import pandas as pd
+
+    micro_batches = [_as_dict(b) for b in micro_batches]
+
+    def gradient(batches, normalize):
+        model.zero_grad(set_to_none=True)
+        loss = backward_micro_batches(model, batches, normalize=normalize, device=device)
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        model.zero_grad(set_to_none=True)
+        return loss.item(), grad
+
+    big_loss, reference = gradient([_concat(micro_batches)], "tokens")
+    rows = []
+    for normalize in ("tokens", "steps"):
+        loss, grad = gradient(micro_batches, normalize)
+        rows.append(dict(normalize=normalize, loss=loss, big_batch_loss=big_loss,
+                         relative_gradient_error=((grad - reference).norm() / reference.norm()).item()))
+    return pd.DataFrame(rows).set_index("normalize")
 
 
 def cosine_schedule(step: int, *, steps: int, warmup_steps: int, min_ratio: float) -> float:

@@ -140,3 +140,15 @@ def test_bias_updates_move_a_skewed_router_toward_uniform(tiny):
     assert balancer.biases()[0, :2].max() < 0 < balancer.biases()[0, 2:].max()  # favourites pushed down
     steps = balancer.biases()[0] / 0.02  # every update moves a bias by exactly -γ, 0 or +γ
     assert (steps - steps.round()).abs().max() < 1e-3
+
+
+def test_bias_disabled_zeroes_and_restores(tiny):
+    router = moe.routers(tiny)[0][1]
+    router.e_score_correction_bias.copy_(torch.arange(8.0))
+    ids = torch.randint(0, 128, (2, 16))
+    with moe.bias_disabled(tiny):
+        assert router.e_score_correction_bias.abs().sum() == 0
+        plain = models.expert_load(tiny, ids)
+    assert torch.equal(router.e_score_correction_bias, torch.arange(8.0))
+    assert not models.expert_load(tiny, ids).equals(plain)  # a large bias changes the routing
+    assert moe.max_violation(plain).shape == (1,)  # DataFrames are accepted too

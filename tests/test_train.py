@@ -412,3 +412,15 @@ def test_prune_keeps_the_newest(tmp_path):
     assert checkpoint.latest(tmp_path).name == "step-000010.safetensors"
     with pytest.raises(ValueError, match="keep"):
         checkpoint.prune(tmp_path, keep=0)
+
+
+def test_accumulation_error_table_matches_the_hand_built_comparison():
+    model = models.build("tiny", VOCAB, seed=0, experts_implementation="eager").double()
+    gen = torch.Generator().manual_seed(1)
+    micro = [train.pad_batch([torch.randint(0, VOCAB, (n,), generator=gen).tolist() for n in pair])
+             for pair in [[30, 30], [5, 9], [17, 3]]]
+    table = train.accumulation_error(model, micro)
+    assert table.loc["tokens", "relative_gradient_error"] == pytest.approx(_grad_error("tokens"), abs=1e-9)
+    assert table.loc["steps", "relative_gradient_error"] == pytest.approx(_grad_error("steps"), rel=1e-9)
+    assert table.loc["tokens", "loss"] == pytest.approx(table.loc["tokens", "big_batch_loss"], rel=1e-12)
+    assert all(p.grad is None for p in model.parameters())
