@@ -149,6 +149,7 @@ class TrainingMonitor:
         self._params: list | None = None
         self._snapshot: tuple[int, list[int], list[torch.Tensor]] | None = None
         self._hooks: list = []
+        self._hooked = False
         self._counts: dict[str, torch.Tensor] = {}
         self._last_step: int | None = None
         self._clock: float | None = None
@@ -244,7 +245,7 @@ class TrainingMonitor:
         self._flush(final=True)
         for handle in self._hooks:
             handle.remove()
-        self._hooks = []
+        self._hooks, self._hooked = [], False
         for sink in self.sinks:
             sink.close()
         if self.live is not None:
@@ -298,15 +299,16 @@ class TrainingMonitor:
         return self._rows[step]
 
     def _attach(self, model: torch.nn.Module) -> None:
-        if self._params is not None:
-            return
-        self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if not self._params:
-            raise ValueError("the model has no trainable parameters to monitor")
-        names = [self.group(n) for n, _ in self._params]
-        self._groups = list(dict.fromkeys(names))
-        self._group_index = torch.tensor([self._groups.index(g) for g in names])
-        if self.track_experts:
+        self._closed = False  # a closed monitor (trainer.fit() ended) records again when training resumes
+        if self._params is None:
+            self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            if not self._params:
+                raise ValueError("the model has no trainable parameters to monitor")
+            names = [self.group(n) for n, _ in self._params]
+            self._groups = list(dict.fromkeys(names))
+            self._group_index = torch.tensor([self._groups.index(g) for g in names])
+        if self.track_experts and not self._hooked:
+            self._hooked = True
             for name, module in model.named_modules():
                 if type(module).__name__.endswith("TopkRouter") and hasattr(module, "num_experts"):
                     self._hooks.append(module.register_forward_hook(self._count_hook(name, module.num_experts)))
@@ -315,7 +317,9 @@ class TrainingMonitor:
         layer = layer_of(name + ".x").rsplit(".", 1)[0]  # model.layers.3.mlp.gate -> layers.3
 
         def hook(module, _inputs, output):
-            if module.training:  # evaluation batches are not training load
+            # Count training forwards only: not evaluation, and not the recomputation that gradient
+            # checkpointing runs inside backward (the autograd engine then has a current graph task).
+            if module.training and _graph_task() == -1:
                 counts = torch.bincount(output[2].reshape(-1), minlength=n_experts).detach()
                 self._counts[layer] = self._counts[layer] + counts if layer in self._counts else counts
 
@@ -475,6 +479,7 @@ class TrainingMonitor:
 
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_graph_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)
 
 
 def _caller_level() -> int:

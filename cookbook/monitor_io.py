@@ -41,11 +41,15 @@ class JsonlSink:
         record = {"type": "step", **_clean(row)}
         if layers:
             record["layer_grad_norm"] = _clean(layers)
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        self._append(record)
 
     def alert(self, alert) -> None:
-        self._file.write(json.dumps({"type": "alert", **_clean(vars(alert))}) + "\n")
+        self._append({"type": "alert", **_clean(vars(alert))})
+
+    def _append(self, record: dict) -> None:
+        if self._file.closed:  # training resumed after close(): keep appending to the same log
+            self._file = self.path.open("a", encoding="utf-8")
+        self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
     def close(self) -> None:

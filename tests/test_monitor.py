@@ -260,6 +260,18 @@ def test_monitor_counts_expert_load_from_the_router_and_flags_collapse():
     assert [(a.kind, a.step) for a in mon.alerts] == [("imbalance", 1)]  # patience 2: steps 0 and 1
 
 
+def test_expert_load_is_counted_once_under_gradient_checkpointing():
+    model = models.build("tiny", 64)
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    model.train()
+    mon = TrainingMonitor(hardware=False).watch(model)
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()  # recomputes the MoE layer's forward inside backward
+    mon.step(model, loss, step=0)
+    assert mon.expert_load.tokens.sum() == 2 * 16 * 2
+
+
 # ------------------------------------------------------------------------------------------ NaN guard
 def test_nan_loss_stops_and_saves_the_last_good_weights(tmp_path):
     model = mlp()
@@ -441,6 +453,18 @@ def test_model_without_trainable_parameters_is_rejected():
 
 
 # ------------------------------------------------------------------------------------------ live view
+def test_alert_warnings_point_at_the_callers_line():
+    model = mlp()
+    x, y = data()
+    nn.functional.mse_loss(model(x), y).backward()
+    mon = TrainingMonitor(hardware=False, patience=1)
+    mon.step(model, 1.0)
+    mon.evaluate(1.0)
+    with pytest.warns(TrainingAlertWarning, match="stalled") as caught:
+        mon.evaluate(2.0)
+    assert caught[0].filename == __file__
+
+
 def test_live_view_prints_text_outside_jupyter(capsys):
     view = LiveView(notebook=False, text_every_s=0.0, progress=False)
     mon = healthy_loop(mlp(), steps=3)
@@ -559,3 +583,18 @@ def test_no_false_alarm_on_a_normal_run_of_the_smoke_model():
         shares = counts.div(counts.sum(axis=1), axis=0).to_numpy()
         assert shares == pytest.approx(logged[step], abs=1e-4)
     assert mon.history["val_loss"].notna().sum() == 2 and not mon.should_stop
+
+
+def test_one_monitor_follows_a_resumed_run(tmp_path):
+    train_loader, _ = token_loaders()
+    model = failures.SaturatingLM(128, depth=2, width=16)
+    mon = TrainingMonitor(hardware=False, log_dir=tmp_path)
+    trainer = train.Trainer(model, train_loader, None,
+                            train.TrainConfig(steps=2, lr=1e-3, log_interval=1, progress=False, device="cpu"),
+                            callbacks=[mon])
+    trainer.fit()
+    trainer.config.steps = 4  # train on: the same monitor keeps recording, hooks and logs reopen
+    trainer.fit()
+    assert mon.history["step"].tolist() == [1, 2, 3, 4] and mon.alerts == []
+    logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]
