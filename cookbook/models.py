@@ -6,6 +6,8 @@ carries over to the real checkpoints; only the widths, depths and expert counts 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -151,8 +153,6 @@ def pretrained(name: str | None = None, profile=None):
     import os
     import shutil
 
-    import datasets
-
     from cookbook import env, train
     from cookbook.data import corpus, tokenizer
 
@@ -168,18 +168,14 @@ def pretrained(name: str | None = None, profile=None):
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     folder = env.cache_dir() / f"pretrained-{name}-{P.name}-{key}"
     if (folder / "model.safetensors").exists():
-        return DeepseekV3ForCausalLM.from_pretrained(str(folder)).eval(), tokenizer.load(folder)
+        with _quiet():
+            return DeepseekV3ForCausalLM.from_pretrained(str(folder)).eval(), tokenizer.load(folder)
 
-    progress = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
+    with _quiet():
         splits = corpus.split(ds, fraction=P.data_fraction)
         n_tok = max(1, round(len(splits["train"]) * P.tokenizer_fraction))
         tok = tokenizer.trained(splits["train"].select(range(n_tok)), P.vocab_size)
         blocks = {k: tokenizer.pack(v, tok, P.seq_len) for k, v in splits.items()}
-    finally:
-        if progress:
-            datasets.enable_progress_bars()
     model = build(name, len(tok), seed=0)
     config = train.TrainConfig.from_profile(P, eval_interval=0, progress=False)
     trainer = train.Trainer(model, train.loader(blocks["train"], P.batch_size, seed=0),
@@ -190,11 +186,30 @@ def pretrained(name: str | None = None, profile=None):
         trainer.balancer.remove()
 
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    model.save_pretrained(str(tmp))  # safetensors + config.json, loadable with from_pretrained
-    tok.save_pretrained(str(tmp))
+    with _quiet():
+        model.save_pretrained(str(tmp))  # safetensors + config.json, loadable with from_pretrained
+        tok.save_pretrained(str(tmp))
     history.drop(columns=["expert_load"], errors="ignore").to_csv(tmp / "history.csv", index=False)
     try:
         tmp.replace(folder)  # atomic: a half-written model is never picked up
     except OSError:  # another process finished first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return model, tok
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No datasets/transformers progress bars inside (restored afterwards): notebook outputs stay small."""
+    import datasets
+    from transformers.utils import logging
+
+    data_bars, hf_bars = datasets.is_progress_bar_enabled(), logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if data_bars:
+            datasets.enable_progress_bars()
+        if hf_bars:
+            logging.enable_progress_bar()

@@ -265,6 +265,7 @@ class Trainer:
         self._rows: list[dict] = []
         self._batches = None
         self._flops_per_token = self._peak_flops = None
+        self._seq_len = 0
 
     # -- data position: each epoch's order depends only on (seed, epoch), so a resumed run sees the same batches
     def _epoch_batches(self, skip: int):
@@ -319,6 +320,7 @@ class Trainer:
             self.balancer.update_bias()  # DeepSeek-V3: nudge each expert's routing bias toward even load
         self.step += 1
         tokens = sum(b["input_ids"].numel() for b in micro_batches)
+        self._seq_len = int(micro_batches[0]["input_ids"].shape[1])  # for FLOPs per token (MFU)
         self.tokens_seen += tokens
         return loss, grad_norm, tokens
 
@@ -387,8 +389,7 @@ class Trainer:
             return math.nan
         if self._flops_per_token is None:
             try:
-                seq_len = next(iter(self.train_loader))["input_ids"].shape[1]
-                self._flops_per_token = planning.flops_per_token(self.model.config, int(seq_len))
+                self._flops_per_token = planning.flops_per_token(self.model.config, self._seq_len)
                 self._peak_flops = planning.peak_flops(None, self.config.precision)
             except (ValueError, AttributeError, TypeError, KeyError) as exc:
                 warnings.warn(f"MFU not available: {exc}", stacklevel=3)

@@ -424,3 +424,68 @@ def test_accumulation_error_table_matches_the_hand_built_comparison():
     assert table.loc["steps", "relative_gradient_error"] == pytest.approx(_grad_error("steps"), rel=1e-9)
     assert table.loc["tokens", "loss"] == pytest.approx(table.loc["tokens", "big_batch_loss"], rel=1e-12)
     assert all(p.grad is None for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- CUDA paths (pytest -m gpu)
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16", "fp16"])
+def test_cuda_training_uses_fused_adamw_and_reports_memory_and_mfu(precision):
+    seen = []
+
+    class Probe:
+        def on_after_backward(self, trainer, loss):
+            seen.append(torch.backends.cuda.matmul.fp32_precision)
+
+    model = models.build("tiny", VOCAB, seed=0)
+    trainer = train.Trainer(model, _loader(), config=_config(steps=4, precision=precision, device="cuda"),
+                            callbacks=[Probe()])
+    history = trainer.fit()
+    assert trainer.optimizer.param_groups[0]["fused"]
+    assert (history["peak_mem_gb"] > 0).all() and history["loss"].map(math.isfinite).all()
+    from cookbook import planning
+
+    try:
+        planning.peak_flops(None, precision)
+        assert (history["mfu"] > 0).all()
+    except ValueError:  # a GPU the planning table does not know: MFU is left out, not guessed
+        assert history["mfu"].isna().all()
+    assert set(seen) == {"tf32" if precision == "tf32" else "ieee"}
+    assert (trainer.scaler is not None) == (precision == "fp16")
+
+
+@pytest.mark.gpu
+def test_cuda_checkpoint_resumes_on_the_gpu(tmp_path):
+    trainer = train.Trainer(models.build("tiny", VOCAB, seed=0), _loader(),
+                            config=_config(steps=2, precision="bf16", device="cuda"))
+    trainer.fit()
+    path = trainer.save_checkpoint(tmp_path / "step-000002")
+    fresh = train.Trainer(models.build("tiny", VOCAB, seed=1), _loader(),
+                          config=_config(steps=4, precision="bf16", device="cuda"))
+    fresh.load_checkpoint(path)
+    assert all(torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(),
+                                                  fresh.model.state_dict().values(), strict=True))
+    fresh.fit()
+    assert fresh.step == 4
+
+
+# ----------------------------------------------------------------------------- models.pretrained
+def test_pretrained_trains_once_then_loads_from_the_cache(monkeypatch):
+    import dataclasses
+
+    from cookbook import env
+
+    P = dataclasses.replace(env.profile("smoke"), name="unit", model="tiny", vocab_size=300, seq_len=32,
+                            batch_size=4, steps=3, eval_interval=0, eval_batches=1)
+    model, tok = models.pretrained(profile=P)
+    assert not model.training and next(model.parameters()).device.type == "cpu"
+    assert model.config.vocab_size == len(tok) and tok.eos_token is not None
+    folders = list(env.cache_dir().glob("pretrained-tiny-unit-*"))
+    assert len(folders) == 1 and (folders[0] / "model.safetensors").exists() and (folders[0] / "history.csv").exists()
+    assert not list(folders[0].glob("*.bin")) and not list(folders[0].glob("*.pt"))  # safetensors only, no pickle
+
+    monkeypatch.setattr(train.Trainer, "fit", lambda self: pytest.fail("a cached model must not be retrained"))
+    again, tok_again = models.pretrained(profile=P)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+    assert tok_again("def f(x):")["input_ids"] == tok("def f(x):")["input_ids"]
+    with pytest.raises(ValueError, match="unknown model 'huge'"):
+        models.pretrained("huge", profile=P)
