@@ -2,7 +2,7 @@
 
 `TrainingMonitor` plugs into `cookbook.train.Trainer` as a callback, or into your own loop:
 
-    monitor = TrainingMonitor(log_dir="runs/demo")
+    monitor = TrainingMonitor(log_dir="runs/demo").watch(model)   # Trainer(..., callbacks=[monitor]) also works
     for step, batch in enumerate(loader):
         loss = model(**batch).loss
         loss.backward()
@@ -11,10 +11,13 @@
         if monitor.should_stop:
             break
 
-Call `step()` after `backward()` (after `scaler.unscale_(optimizer)` in fp16) and BEFORE `optimizer.step()`:
-the weights are then still the last good state, which is what the NaN guard saves before it stops the run.
+Call `step()` once per optimizer step, after the last micro-batch's `backward()` (after `scaler.unscale_(optimizer)`
+in fp16) and BEFORE `optimizer.step()`: the weights are then still the last good state, which is what the NaN
+guard saves (a `cookbook.checkpoint` file) before it stops the run with `NonFiniteError`.
 Alerts are structured `Alert` events (also shown as warnings): vanishing gradients, exploding gradients and
-loss spikes (rolling z-score), non-finite loss/gradients, a stalled validation loss, MoE expert imbalance.
+loss spikes (rolling z-score), a loss climbing back up (diverging), non-finite loss/gradients, a stalled
+validation loss (`monitor.evaluate(val_loss)`), MoE expert imbalance. `monitor.close()` after your loop
+writes the last row to the logs (the Trainer calls it for you).
 """
 
 from __future__ import annotations
@@ -102,8 +105,8 @@ class TrainingMonitor:
 
     def __init__(self, *, vanish_threshold: float = 1e-6, vanish_patience: int = 3, spike_window: int = 20,
                  spike_z: float = 6.0, spike_floor: float = 0.02, spike_min_points: int = 3,
-                 diverge_ratio: float = 0.1, patience: int | None = 3, min_delta: float = 0.0, imbalance_threshold: float = 2.0,
-                 imbalance_patience: int = 3, overflow_patience: int = 10, max_grad_norm: float | None = 1.0,
+                 diverge_ratio: float = 0.1, patience: int | None = 3, min_delta: float = 0.0,
+                 imbalance_threshold: float = 2.0, imbalance_patience: int = 3, overflow_patience: int = 10, max_grad_norm: float | None = 1.0,
                  stop_on: Iterable[str] = ("stalled",), layer_every: int = 1, track_experts: bool = True,
                  hardware: bool = True, log_dir: str | Path | None = None, tensorboard: bool = False,
                  sinks: Iterable = (), checkpoint_dir: str | Path | None = None, warn: bool = True,

@@ -232,6 +232,16 @@ def test_plateau_stops_on_overfitting_with_a_clear_reason():
     assert mon.history.set_index("step").loc[19, "val_ppl"] == pytest.approx(math.exp(0.8))
 
 
+def test_plateau_and_overflow_stay_quiet_while_things_are_fine():
+    plateau = alerts.Plateau(patience=2, min_delta=0.01)
+    assert all(plateau.update(s, v) is None for s, v in enumerate([3.0, 2.5, 2.2, 2.1, 2.05]))
+    assert plateau.update(5, 2.045) is None and plateau.update(6, 2.06).kind == "stalled"  # < min_delta is no gain
+    overflow = alerts.Overflow(patience=3)
+    # GradScaler's normal rhythm: an occasional skipped step, then clean ones
+    assert all(overflow.update(s, skipped) is None for s, skipped in enumerate([True, True, False, True, False]))
+    assert [overflow.update(s, True) is not None for s in (5, 6, 7, 8)] == [False, False, True, False]
+
+
 def test_imbalance_rule_uses_maxvio():
     assert alerts.max_violation([10, 10, 10, 10]) == 0.0
     assert alerts.max_violation([40, 0, 0, 0]) == 3.0
