@@ -1,6 +1,6 @@
 """What TrainingMonitor costs per training step: the Trainer alone vs with the monitor in its settings.
 
-Runs are interleaved (none, monitor, ..., none, monitor, ...) and the median per step is kept, so a busy
+Runs are interleaved, in a rotating order, and the median per step is kept, so a busy
 machine slows every configuration alike. On the CPU the process CPU time is reported next to the wall
 time: other processes on a shared machine inflate wall time much more than this process's CPU time.
 Prints one table: setting, wall s/step, CPU s/step, and their ratios to no monitor.
@@ -58,8 +58,10 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore", TrainingAlertWarning)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in SETTINGS}
-    for _ in range(args.repeats):
-        for name, make in SETTINGS.items():
+    names = list(SETTINGS)
+    for r in range(args.repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate: no setting always goes first
+            make = SETTINGS[name]
             times[name].append(seconds_per_step(args.model, P.vocab_size, args.steps, P.batch_size, P.seq_len, make()))
     table = pd.DataFrame({"wall s/step": {n: statistics.median(w for w, _ in t) for n, t in times.items()},
                           "cpu s/step": {n: statistics.median(c for _, c in t) for n, t in times.items()}})
