@@ -4,8 +4,8 @@ All three take a list of strings, a pandas Series/DataFrame column or a `dataset
 return a `DedupReport`: the clusters (representative first), a keep-mask, the removed fraction, and
 `report.apply(data)` to drop the duplicates from the same kind of object you passed in.
 
-MinHash signatures are bit-for-bit those of `datasketch.MinHash` (default "affine32" scheme, SHA-1 of
-each shingle): `engine="numpy"` batches the hashing and the permutations with NumPy and uses several
+MinHash signatures (`cookbook.data.signatures`) are bit-for-bit those of `datasketch.MinHash` (default
+"affine32" scheme, SHA-1 of each shingle): `engine="numpy"` batches the hashing and the permutations with NumPy and uses several
 processes, `engine="datasketch"` is the straightforward per-document `MinHash.update` loop kept as the
 reference. Both feed the same `datasketch.MinHashLSH` index, so they find identical clusters.
 """
@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import multiprocessing
-import os
 import re
-import sys
 import time
 import unicodedata
-import warnings
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from cookbook.data.signatures import minhash_signatures, permutations, shingles
 
 __all__ = [
     "DedupReport",
@@ -40,9 +36,7 @@ __all__ = [
     "shingles",
 ]
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")  # words and single punctuation marks; whitespace never matters
 _WS = re.compile(r"\s+")
-_MAX32 = np.uint32(0xFFFFFFFF)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -196,135 +190,6 @@ def exact(data, *, column: str = "text", lowercase: bool = False, keep: str = "f
 
 
 # -------------------------------------------------------------------------------------------- minhash
-def shingles(text: str, k: int = 5) -> set[str]:
-    """The set of k-token shingles of a text (tokens: words and punctuation; a shorter text is one shingle)."""
-    tokens = _TOKEN.findall(text)
-    if len(tokens) <= k:
-        return {" ".join(tokens)} if tokens else set()
-    return set(map(" ".join, zip(*[tokens[j:] for j in range(k)], strict=False)))
-
-
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finalizer, the pre-mix datasketch applies before its affine permutations."""
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
-
-
-def _sign_chunk(texts: list[str], k: int, a: np.ndarray, b: np.ndarray, block: int = 1 << 16):
-    """Signatures (n, num_perm) and sorted shingle-hash arrays of a chunk of documents."""
-    sha1 = hashlib.sha1
-    hashes = []
-    for text in texts:
-        # datasketch's sha1_hash32: the first 4 digest bytes read as a little-endian uint32.
-        raw = b"".join([sha1(s.encode()).digest()[:4] for s in shingles(text, k)])
-        hashes.append(np.unique(np.frombuffer(raw, dtype="<u4")))
-    signatures = np.full((len(texts), len(a)), _MAX32, dtype=np.uint32)
-    sizes = np.array([len(h) for h in hashes])
-    doc = 0
-    while doc < len(texts):  # batch documents so one (shingles x num_perm) matrix stays ~block rows
-        end, rows = doc, 0
-        while end < len(texts) and (rows == 0 or rows + sizes[end] <= block):
-            rows += sizes[end]
-            end += 1
-        members = [d for d in range(doc, end) if sizes[d]]
-        if members:
-            mixed = _fmix32(np.concatenate([hashes[d] for d in members]))
-            permuted = mixed[:, None] * a + b  # uint32 arithmetic wraps: this *is* mod 2^32
-            starts = np.concatenate([[0], np.cumsum(sizes[members])[:-1]])
-            signatures[members] = np.minimum.reduceat(permuted, starts, axis=0)
-        doc = end
-    return signatures, hashes
-
-
-_SHARED: Sequence[str] = []  # the documents forked workers read (set only while a pool runs)
-
-
-def _sign_shared(start: int, end: int, k: int, a: np.ndarray, b: np.ndarray):
-    return _sign_chunk(list(_SHARED[start:end]), k, a, b)
-
-
-def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from datasketch import MinHash
-
-    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
-    return a, b
-
-
-def _workers(workers: int | None, total_chars: int) -> int:
-    if workers is None:  # processes only pay off beyond a few MB of text
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        workers = min(cores, 8) if total_chars > 4_000_000 else 1
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    return workers
-
-
-def minhash_signatures(texts: Sequence[str], *, num_perm: int = 128, k: int = 5, seed: int = 1,
-                       engine: str = "numpy", workers: int | None = None):
-    """MinHash signatures (n, num_perm) uint32 equal to `datasketch.MinHash(num_perm, seed).hashvalues`
-    after updating with each document's shingles, plus the per-document shingle sets used to verify
-    candidates (sorted hash arrays for engine="numpy", Python sets of str for engine="datasketch")."""
-    if num_perm < 2:
-        raise ValueError(f"num_perm must be >= 2, got {num_perm}")
-    if k < 1:
-        raise ValueError(f"shingle size k must be >= 1, got {k}")
-    if engine == "datasketch":
-        from datasketch import MinHash
-
-        a, b = _permutations(num_perm, seed)
-        sets, signatures = [], np.empty((len(texts), num_perm), dtype=np.uint32)
-        for i, text in enumerate(texts):
-            shingle_set = shingles(text, k)
-            m = MinHash(num_perm=num_perm, seed=seed, permutations=(a, b), scheme="affine32")
-            for s in shingle_set:
-                m.update(s.encode())
-            signatures[i] = m.hashvalues
-            sets.append(shingle_set)
-        return signatures, sets
-    if engine != "numpy":
-        raise ValueError(f"engine must be 'numpy' or 'datasketch', got {engine!r}")
-    a, b = _permutations(num_perm, seed)
-    workers = _workers(workers, sum(map(len, texts)))
-    if workers == 1 or len(texts) < 2 * workers:
-        return _sign_chunk(list(texts), k, a, b)
-    # Chunks of similar byte size, a few per worker so one big file does not leave a core idle.
-    sizes = np.cumsum([len(t) for t in texts])
-    n_chunks = 4 * workers
-    bounds = np.searchsorted(sizes, np.linspace(0, sizes[-1], n_chunks + 1)[1:-1])
-    edges = [0, *sorted(set(int(x) + 1 for x in bounds)), len(texts)]
-    ranges = [(s, e) for s, e in zip(edges[:-1], edges[1:], strict=True) if e > s]
-    try:
-        parts = _sign_parallel(texts, ranges, workers, k, a, b)
-    except (BrokenProcessPool, RuntimeError, OSError) as exc:  # e.g. spawn from a script with no main guard
-        warnings.warn(f"MinHash worker processes failed ({type(exc).__name__}); signing in this process",
-                      stacklevel=2)
-        return _sign_chunk(list(texts), k, a, b)
-    return np.concatenate([p[0] for p in parts]), [h for p in parts for h in p[1]]
-
-
-def _sign_parallel(texts, ranges, workers: int, k: int, a: np.ndarray, b: np.ndarray) -> list:
-    global _SHARED
-    if sys.platform.startswith("linux"):
-        # Forked workers read the texts from the parent's memory instead of receiving pickled copies,
-        # and fork needs no `if __name__ == "__main__"` guard in the caller's script. The workers only
-        # run hashlib, re and NumPy element-wise code (no OpenMP, no locks of the parent's threads).
-        _SHARED = texts
-        context, jobs = multiprocessing.get_context("fork"), [(_sign_shared, (s, e)) for s, e in ranges]
-    else:  # macOS/Windows: fork is unsafe or absent there
-        context, jobs = multiprocessing.get_context("spawn"), [(_sign_chunk, (list(texts[s:e]),)) for s, e in ranges]
-    try:
-        with warnings.catch_warnings():
-            # Python >= 3.12 warns about fork() in any multi-threaded process (a Jupyter kernel is one).
-            warnings.filterwarnings("ignore", message=".*multi-threaded.*fork", category=DeprecationWarning)
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                return [f.result() for f in [pool.submit(fn, *args, k, a, b) for fn, args in jobs]]
-    finally:
-        _SHARED = []
-
-
 def lsh_params(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
     """LSH bands × rows: the most selective (b, r) whose candidate probability at `threshold` is ≥ `recall`.
 
@@ -375,7 +240,7 @@ def minhash(data, *, column: str = "text", threshold: float = 0.8, num_perm: int
     # 2) LSH over one document per distinct set, then exact verification of every candidate pair.
     b, r = lsh_params(threshold, num_perm, recall)
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=(b, r))
-    perms = _permutations(num_perm, seed)
+    perms = permutations(num_perm, seed)
     sketches = {i: MinHash(seed=seed, hashvalues=signatures[i], permutations=perms, scheme="affine32")
                 for i in uniques}
     with lsh.insertion_session() as session:
