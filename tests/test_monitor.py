@@ -608,3 +608,26 @@ def test_one_monitor_follows_a_resumed_run(tmp_path):
     assert mon.history["step"].tolist() == [1, 2, 3, 4] and mon.alerts == []
     logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3, 4]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_fp16_overflow_is_a_skip_and_memory_is_sampled():
+    model = mlp().cuda()
+    x, y = (t.cuda() for t in data())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**16)
+    mon = TrainingMonitor()
+    for step in range(4):
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = nn.functional.mse_loss(model(x), y) * (1e6 if step == 2 else 1.0)  # step 2 overflows fp16
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        mon.step(model, loss, step=step, optimizer=opt, scaler=scaler)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    history = mon.history.set_index("step")
+    assert history["skipped"].tolist() == [False, False, True, False]
+    assert mon.summary()["nan"] == 0 and history.loc[3, "scale"] == 2.0**15  # halved after the skip
+    assert history["cuda_mem_gb"].gt(0).all() and history["cuda_peak_gb"].ge(history["cuda_mem_gb"]).all()
