@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= dev,semantic
+EXTRAS ?= dev,semantic,monitor
 
 .PHONY: install run test lint unit nbval lab bench clean
 
