@@ -46,6 +46,12 @@ class Profile:
     sample_tokens: int  # new tokens when sampling from a model
     semantic_sample: int = 400  # texts embedded for semantic deduplication (notebook 01)
     demo_model: str = "tiny"  # model of the short diagnostic runs (notebook 06): a name from models.CONFIGS
+    train_precision: str = "fp32"  # precision of the main pretraining run (notebook 04, models.pretrained)
+    precisions: tuple = ("fp32", "bf16")  # precisions compared side by side (notebook 04)
+    compare_steps: int = 6  # optimizer steps of each precision's comparison run
+    moe_gamma: float = 1e-3  # MoE bias-balancing speed (DeepSeek-V3: 1e-3; short runs need a larger one)
+    grad_accum: int = 4  # micro-batches per optimizer step in the accumulation demo (notebook 05)
+    micro_batches: tuple = (1, 2, 4, 8)  # micro-batch sizes of the memory sweep (notebook 05)
 
 
 PROFILES: dict[str, Profile] = {
@@ -64,6 +70,12 @@ PROFILES: dict[str, Profile] = {
         sample_tokens=32,
         semantic_sample=400,
         demo_model="tiny",
+        train_precision="fp32",  # CPUs without AVX512-BF16/AMX run bf16 autocast slower than fp32
+        precisions=("fp32", "bf16"),
+        compare_steps=6,
+        moe_gamma=1e-2,
+        grad_accum=4,
+        micro_batches=(1, 2, 4, 8),
     ),
     "full": Profile(
         name="full",
@@ -80,6 +92,12 @@ PROFILES: dict[str, Profile] = {
         sample_tokens=96,
         semantic_sample=20000,
         demo_model="full",
+        train_precision="bf16",
+        precisions=("fp32", "tf32", "bf16", "fp16"),
+        compare_steps=150,
+        moe_gamma=1e-3,
+        grad_accum=4,
+        micro_batches=(4, 8, 16, 32, 64),
     ),
 }
 
