@@ -341,13 +341,16 @@ class Trainer:
                 while self.step < c.steps and not self.should_stop:
                     lr = self.scheduler.get_last_lr()[0]
                     loss, grad_norm, tokens = self._train_step()
-                    skipped += ~torch.isfinite(grad_norm)  # fp16: the scaler skipped this step (no sync)
+                    if self.scaler is not None:  # fp16: the scaler skipped this step (counted without a sync)
+                        skipped += ~torch.isfinite(grad_norm)
                     window_tokens += tokens
                     bar.update()
                     last = self.step == c.steps
                     evaluate = self.val_loader is not None and (
                         (c.eval_interval and self.step % c.eval_interval == 0) or last)
                     if self.step % c.log_interval == 0 or evaluate or last:
+                        if self.device.type == "cuda":
+                            torch.cuda.synchronize(self.device)  # the GPU may still be busy with queued steps
                         seconds = time.perf_counter() - window_start
                         row = self._log(loss, lr, grad_norm, skipped, window_tokens, seconds)
                         bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}")

@@ -283,6 +283,15 @@ def test_fp16_overflow_is_skipped_and_training_recovers():
     assert history.loc[poison_step + 1:, "skipped"].eq(0).all()
 
 
+def test_without_a_scaler_an_overflow_is_not_skipped():
+    model = models.build("tiny", VOCAB, seed=0)
+    trainer = train.Trainer(model, _loader(), config=_config(steps=2))
+    model.lm_head.weight.register_hook(lambda g: torch.full_like(g, math.inf) if trainer.step == 1 else g)
+    history = trainer.fit()
+    assert history["skipped"].tolist() == [0, 0]  # nothing skips it: guarding against it is a monitor's job
+    assert not math.isfinite(history["grad_norm"].iloc[1]) and not torch.isfinite(model.lm_head.weight).all()
+
+
 # ----------------------------------------------------------------------------- checkpoints
 class _Interrupt(Exception):
     pass
