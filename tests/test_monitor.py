@@ -49,6 +49,21 @@ def healthy_loop(model, steps=40, lr=1e-2, mon=None, **kwargs):
     return mon
 
 
+def sgd_until_stopped(model, mon, lr, target_scale=lambda step: 1.0, steps=30):
+    """SGD regression with the monitor in the loop, stopping when it asks; returns the last step."""
+    x, y = data()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for step in range(steps):
+        loss = nn.functional.mse_loss(model(x), y * target_scale(step))
+        loss.backward()
+        mon.step(model, loss, step=step, optimizer=opt)
+        opt.step()
+        opt.zero_grad()
+        if mon.should_stop:
+            break
+    return step
+
+
 # ------------------------------------------------------------------------------------------ statistics
 def test_layer_of_groups_parameters_by_block():
     assert layer_of("model.layers.3.self_attn.q_a_proj.weight") == "layers.3.self_attn"
@@ -159,19 +174,9 @@ def test_spike_rule_scores_against_the_window_and_ignores_flat_noise():
 
 
 def test_exploding_fires_on_a_gradient_norm_jump_in_a_real_loop():
-    model = mlp()
-    x, y = data()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     mon = TrainingMonitor(hardware=False, stop_on=("exploding",))
-    for step in range(30):
-        scale = 1000.0 if step == 25 else 1.0  # a corrupt batch: targets 1000x off
-        loss = nn.functional.mse_loss(model(x), y * scale)
-        loss.backward()
-        mon.step(model, loss, step=step, optimizer=opt)
-        opt.step()
-        opt.zero_grad()
-        if mon.should_stop:
-            break
+    # a corrupt batch at step 25: targets 1000x off
+    step = sgd_until_stopped(mlp(), mon, lr=1e-3, target_scale=lambda s: 1000.0 if s == 25 else 1.0)
     assert [(a.kind, a.step) for a in mon.alerts] == [("loss_spike", 25), ("diverging", 25), ("exploding", 25)]
     assert step == 25 and "exploding" in mon.stop_reason
 
@@ -199,18 +204,8 @@ def test_divergence_fires_when_the_smoothed_loss_climbs_back_up():
 
 
 def test_too_high_learning_rate_is_caught_in_a_real_loop():
-    model = mlp()
-    x, y = data()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # far too high for this regression: it blows up
     mon = TrainingMonitor(hardware=False, stop_on=("diverging", "exploding", "loss_spike"))
-    for step in range(30):
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        mon.step(model, loss, step=step, optimizer=opt)
-        opt.step()
-        opt.zero_grad()
-        if mon.should_stop:
-            break
+    step = sgd_until_stopped(mlp(), mon, lr=0.5)  # far too high for this regression: it blows up
     assert mon.should_stop and step < 10 and mon.alerts[0].kind in {"diverging", "exploding", "loss_spike"}
 
 
