@@ -161,7 +161,7 @@ def pretrained(name: str | None = None, profile=None):
     if name not in CONFIGS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(CONFIGS)}")
     ds = corpus.load()
-    recipe = dict(model=name, sizes=CONFIGS[name], corpus=corpus.fingerprint(ds), recipe=1,
+    recipe = dict(model=name, sizes=CONFIGS[name], corpus=corpus.fingerprint(ds), recipe=2,
                   **{k: getattr(P, k) for k in ("vocab_size", "tokenizer_fraction", "data_fraction", "seq_len",
                                                  "batch_size", "steps", "lr", "train_precision", "moe_gamma")
                      if hasattr(P, k)})
@@ -172,10 +172,8 @@ def pretrained(name: str | None = None, profile=None):
             return DeepseekV3ForCausalLM.from_pretrained(str(folder)).eval(), tokenizer.load(folder)
 
     with _quiet():
-        splits = corpus.split(ds, fraction=P.data_fraction)
-        n_tok = max(1, round(len(splits["train"]) * P.tokenizer_fraction))
-        tok = tokenizer.trained(splits["train"].select(range(n_tok)), P.vocab_size)
-        blocks = {k: tokenizer.pack(v, tok, P.seq_len) for k, v in splits.items()}
+        tok = tokenizer.for_profile(P, ds)
+        blocks = tokenizer.blocks_for_profile(P, tok, ds)
     model = build(name, len(tok), seed=0)
     config = train.TrainConfig.from_profile(P, eval_interval=0, progress=False)
     trainer = train.Trainer(model, train.loader(blocks["train"], P.batch_size, seed=0),

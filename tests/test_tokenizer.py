@@ -86,3 +86,24 @@ def test_stdlib_tokenizer_compresses_code():
     n_tokens = sum(len(ids) for ids in tok(val, add_special_tokens=False)["input_ids"])
     n_bytes = sum(len(t.encode()) for t in val)
     assert n_tokens / n_bytes < 0.5  # a byte tokenizer needs exactly 1 token per byte
+
+
+def test_profile_tokenizer_and_blocks_are_shared_and_sized_by_the_profile(tmp_path, monkeypatch):
+    import dataclasses
+
+    from cookbook import env
+
+    monkeypatch.setenv("COOKBOOK_CACHE", str(tmp_path))
+    P = dataclasses.replace(env.PROFILES["smoke"], vocab_size=300, tokenizer_fraction=0.05, data_fraction=0.05,
+                            seq_len=16)
+    ds = corpus.load()
+    tok = tokenizer.for_profile(P, ds)
+    # The same recipe spelled out by hand: BPE on the tokenizer fraction of the training split.
+    by_hand = tokenizer.train(corpus.split(ds, fraction=0.05)["train"]["text"], vocab_size=300)
+    assert tok.get_vocab() == by_hand.get_vocab()
+    assert tokenizer.for_profile(P, ds).get_vocab() == tok.get_vocab()  # second call: the cached tokenizer
+    assert len(list(tmp_path.glob("tokenizer-300-*"))) == 1
+    blocks = tokenizer.blocks_for_profile(P, tok, ds)
+    parts = corpus.split(ds, fraction=0.05)
+    assert set(blocks) == {"train", "validation"}
+    assert list(blocks["train"]["input_ids"]) == list(tokenizer.pack(parts["train"], tok, 16)["input_ids"])

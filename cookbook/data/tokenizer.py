@@ -9,7 +9,7 @@ import datasets
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["EOS", "PAD", "load", "pack", "train", "trained"]
+__all__ = ["EOS", "PAD", "blocks_for_profile", "for_profile", "load", "pack", "train", "trained"]
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -90,3 +90,23 @@ def pack(ds: datasets.Dataset, tokenizer, block_size: int, num_proc: int | None 
     return ds.map(
         chunk, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"packing {block_size}"
     )
+
+
+def for_profile(profile, ds: datasets.Dataset | None = None) -> PreTrainedTokenizerFast:
+    """The profile's tokenizer (cached): `vocab_size` BPE on `tokenizer_fraction` of the corpus's training split.
+
+    Every notebook and `models.pretrained` go through here, so they all share one tokenizer.
+    """
+    from cookbook.data import corpus
+
+    ds = corpus.load() if ds is None else ds
+    return trained(corpus.split(ds, fraction=profile.tokenizer_fraction)["train"], profile.vocab_size)
+
+
+def blocks_for_profile(profile, tok, ds: datasets.Dataset | None = None) -> datasets.DatasetDict:
+    """Train/validation blocks of the profile's `seq_len` from `data_fraction` of the corpus (stdlib by default)."""
+    from cookbook.data import corpus
+
+    ds = corpus.load() if ds is None else ds
+    parts = corpus.split(ds, fraction=profile.data_fraction)
+    return datasets.DatasetDict({name: pack(part, tok, profile.seq_len) for name, part in parts.items()})
