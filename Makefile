@@ -23,6 +23,7 @@ test: lint unit nbval
 
 lint: $(STAMP)
 	$(BIN)/ruff check cookbook tests benchmarks notebooks
+	$(BIN)/lint-imports
 
 unit: $(STAMP)
 	COOKBOOK_PROFILE=smoke $(BIN)/python -m pytest -q tests

@@ -19,7 +19,7 @@ import warnings
 import pandas as pd
 import torch
 
-from cookbook import env, models, train
+from cookbook import env, models, profiles, train
 from cookbook.monitor import TrainingAlertWarning, TrainingMonitor
 
 SETTINGS = {
@@ -50,9 +50,9 @@ def seconds_per_step(model_name: str, vocab: int, steps: int, batch: int, seq: i
 
 
 def main() -> None:
-    P = env.profile()
+    P = profiles.profile()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=P.demo_model)
+    parser.add_argument("--model", default=P.monitor.model)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -62,12 +62,12 @@ def main() -> None:
     for r in range(args.repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:  # rotate: no setting always goes first
             make = SETTINGS[name]
-            times[name].append(seconds_per_step(args.model, P.vocab_size, args.steps, P.batch_size, P.seq_len, make()))
+            times[name].append(seconds_per_step(args.model, P.data.vocab_size, args.steps, P.train.batch_size, P.data.seq_len, make()))
     table = pd.DataFrame({"wall s/step": {n: statistics.median(w for w, _ in t) for n, t in times.items()},
                           "cpu s/step": {n: statistics.median(c for _, c in t) for n, t in times.items()}})
     table["wall ratio"] = table["wall s/step"] / table.loc["no monitor", "wall s/step"]
     table["cpu ratio"] = table["cpu s/step"] / table.loc["no monitor", "cpu s/step"]
-    print(f"model {args.model} · {P.batch_size} x {P.seq_len} tokens · device {env.device()} · "
+    print(f"model {args.model} · {P.train.batch_size} x {P.data.seq_len} tokens · device {env.device()} · "
           f"median of {args.repeats} interleaved runs of {args.steps} steps")
     print(table.round(4).to_string())
 

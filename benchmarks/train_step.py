@@ -15,18 +15,18 @@ import time
 import pandas as pd
 import torch
 
-from cookbook import env, models, train
+from cookbook import env, models, profiles, train
 
 
 def measure(P, precision: str, checkpointing: bool, compile_: bool, steps: int) -> dict:
-    ids = torch.randint(0, P.vocab_size, (P.batch_size * (steps + 2), P.seq_len), generator=torch.Generator().manual_seed(0))
-    loader = train.loader([{"input_ids": row} for row in ids], P.batch_size)
-    config = train.TrainConfig(steps=steps + 2, lr=P.lr, precision=precision, grad_checkpointing=checkpointing,
+    ids = torch.randint(0, P.data.vocab_size, (P.train.batch_size * (steps + 2), P.data.seq_len), generator=torch.Generator().manual_seed(0))
+    loader = train.loader([{"input_ids": row} for row in ids], P.train.batch_size)
+    config = train.TrainConfig(steps=steps + 2, lr=P.train.lr, precision=precision, activation_checkpointing=checkpointing,
                                compile=compile_, log_interval=1, progress=False)
-    trainer = train.Trainer(models.build(P.model, P.vocab_size, seed=0), loader, config=config)
+    trainer = train.Trainer(models.build(P.model.name, P.data.vocab_size, seed=0), loader, config=config)
     start = time.perf_counter()
     history = trainer.fit()
-    seconds = history["tokens_per_s"].iloc[2:].rdiv(P.batch_size * P.seq_len)  # skip two warm-up steps
+    seconds = history["tokens_per_s"].iloc[2:].rdiv(P.train.batch_size * P.data.seq_len)  # skip two warm-up steps
     return dict(precision=precision, checkpointing=checkpointing, compile=compile_, s_per_step=seconds.median(),
                 tokens_per_s=history["tokens_per_s"].iloc[2:].median(), peak_mem_gb=history["peak_mem_gb"].max(),
                 wall_s=time.perf_counter() - start)
@@ -37,14 +37,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration (after 2 warm-up steps)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     args = parser.parse_args()
-    P = env.profile()
+    P = profiles.profile()
     env.seed_everything(0)
-    print(f"profile {P.name} · device {env.device()} · model {P.model} · {P.batch_size} x {P.seq_len} tokens/step · "
+    print(f"profile {P.name} · device {env.device()} · model {P.model.name} · {P.train.batch_size} x {P.data.seq_len} tokens/step · "
           f"{torch.get_num_threads()} CPU threads")
-    rows = [measure(P, p, False, False, args.steps) for p in P.precisions]
-    rows.append(measure(P, P.train_precision, True, False, args.steps))
+    rows = [measure(P, p, False, False, args.steps) for p in P.precision.formats]
+    rows.append(measure(P, P.train.precision, True, False, args.steps))
     if args.compile:
-        rows.append(measure(P, P.train_precision, False, True, args.steps))
+        rows.append(measure(P, P.train.precision, False, True, args.steps))
     table = pd.DataFrame(rows)
     table["ratio"] = table["s_per_step"] / table["s_per_step"].iloc[0]
     print(table.round(4).to_string(index=False))

@@ -1,126 +1,89 @@
-"""Environment: device, seeds, run profiles and an environment report.
-
-Every size a notebook uses comes from `profile()`, so the same notebook runs in minutes on a laptop
-(`smoke`) and as a real run on one GPU (`full`).
-"""
+"""Environment: the one setup call of every notebook, device, seeds, cache folder and an environment report."""
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import importlib.metadata
 import os
 import platform
 import random
+import subprocess
 import warnings
 from pathlib import Path
 
+import datasets
 import numpy as np
+import pandas as pd
 import torch
+from transformers.utils import logging as hf_logging
 
-__all__ = [
-    "PROFILES",
-    "Profile",
-    "cache_dir",
-    "device",
-    "profile",
-    "report",
-    "seed_everything",
-]
+from cookbook.profiles import Profile, profile
+
+__all__ = ["cache_dir", "commit", "device", "quiet_progress", "report", "seed_everything", "setup"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Profile:
-    """The sizes one notebook run uses. `smoke`: CPU, ≤ 2 min a notebook; `full`: one GPU, minutes."""
+def setup(seed: int = 0, profile_name: str | None = None) -> Profile:
+    """Cell 2 of every notebook: pick the profile, seed everything, silence library progress bars.
 
-    name: str
-    model: str  # a name from cookbook.models.CONFIGS
-    vocab_size: int  # BPE vocabulary trained on the corpus
-    tokenizer_fraction: float  # share of the training split the tokenizer learns from
-    data_fraction: float  # share of the corpus the notebooks train on
-    seq_len: int  # tokens per packed block
-    batch_size: int  # sequences per optimizer micro-step
-    steps: int  # optimizer steps of a training run
-    eval_interval: int  # steps between validation passes
-    eval_batches: int  # batches per validation pass
-    lr: float  # peak learning rate
-    sample_tokens: int  # new tokens when sampling from a model
-    semantic_sample: int = 400  # texts embedded for semantic deduplication (notebook 01)
-    demo_model: str = "tiny"  # model of the short diagnostic runs (notebook 06): a name from models.CONFIGS
-    train_precision: str = "fp32"  # precision of the main pretraining run (notebook 04, models.pretrained)
-    precisions: tuple = ("fp32", "bf16")  # precisions compared side by side (notebook 04)
-    compare_steps: int = 6  # optimizer steps of each precision's comparison run
-    moe_gamma: float = 1e-3  # MoE bias-balancing speed (DeepSeek-V3: 1e-3; short runs need a larger one)
-    grad_accum: int = 4  # micro-batches per optimizer step in the accumulation demo (notebook 05)
-    micro_batches: tuple = (1, 2, 4, 8)  # micro-batch sizes of the memory sweep (notebook 05)
-    accum_check_steps: int = 6  # steps of the big-batch vs accumulated Trainer runs (notebook 05)
+    Prints one line naming the profile, device, seed and code commit (so a committed output says what
+    produced it) and returns the profile. Library internals (datasets, transformers) stop drawing progress
+    bars; the cookbook's own long loops keep theirs. Shown in every notebook, cell 2.
+    """
+    P = profile(profile_name)
+    seed_everything(seed)
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    print(f"profile {P.name} · device {device()} · seed {seed} · commit {commit()} · torch {torch.__version__}")
+    return P
 
 
-PROFILES: dict[str, Profile] = {
-    "smoke": Profile(
-        name="smoke",
-        model="smoke",
-        vocab_size=2048,
-        tokenizer_fraction=0.1,
-        data_fraction=0.1,
-        seq_len=128,
-        batch_size=8,
-        steps=60,
-        eval_interval=20,
-        eval_batches=4,
-        lr=3e-3,
-        sample_tokens=32,
-        semantic_sample=400,
-        demo_model="tiny",
-        train_precision="fp32",  # CPUs without AVX512-BF16/AMX run bf16 autocast slower than fp32
-        precisions=("fp32", "bf16"),
-        compare_steps=6,
-        moe_gamma=1e-2,
-        grad_accum=4,
-        micro_batches=(1, 2, 4, 8),
-        accum_check_steps=6,
-    ),
-    "full": Profile(
-        name="full",
-        model="full",
-        vocab_size=8192,
-        tokenizer_fraction=1.0,
-        data_fraction=1.0,
-        seq_len=512,
-        batch_size=32,
-        steps=2000,
-        eval_interval=200,
-        eval_batches=20,
-        lr=1e-3,
-        sample_tokens=96,
-        semantic_sample=20000,
-        demo_model="full",
-        train_precision="bf16",
-        precisions=("fp32", "tf32", "bf16", "fp16"),
-        compare_steps=150,
-        moe_gamma=1e-3,
-        grad_accum=4,
-        micro_batches=(4, 8, 16, 32, 64),
-        accum_check_steps=20,  # short: float32 rounding differences grow chaotically over long runs
-    ),
-}
-
-
-def profile(name: str | None = None) -> Profile:
-    """The run profile: `name`, else $COOKBOOK_PROFILE, else `full` on a GPU and `smoke` on CPU."""
-    name = name or os.environ.get("COOKBOOK_PROFILE") or ("full" if torch.cuda.is_available() else "smoke")
+def commit() -> str:
+    """Short git commit of the cookbook code (with '+changes' if `cookbook/` differs from it), or 'unknown'."""
+    root = Path(__file__).resolve().parent
     try:
-        return PROFILES[name]
-    except KeyError:
-        raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}") from None
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=root, capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}+changes" if dirty else head
+
+
+@contextlib.contextmanager
+def quiet_progress():
+    """No datasets/transformers progress bars inside the block (restored afterwards)."""
+    data_bars, hf_bars = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if data_bars:
+            datasets.enable_progress_bars()
+        if hf_bars:
+            hf_logging.enable_progress_bar()
+
+
+_DEVICES = ("cuda", "mps", "cpu")
 
 
 def device() -> torch.device:
-    """The best available device: CUDA, then Apple MPS, then CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """The training device: $COOKBOOK_DEVICE if set (cuda, mps or cpu), else CUDA when present, else CPU.
+
+    Apple MPS is never picked on its own: users of other cookbooks report wrong losses on it (missing or
+    approximate kernels, no float64), so it is an explicit opt-in with COOKBOOK_DEVICE=mps.
+    """
+    wanted = os.environ.get("COOKBOOK_DEVICE", "").strip().lower()
+    if wanted:
+        if wanted not in _DEVICES:
+            raise ValueError(f"COOKBOOK_DEVICE={wanted!r} is not a device; valid: {', '.join(_DEVICES)}")
+        available = {"cuda": torch.cuda.is_available(), "cpu": True,
+                     "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+        if not available[wanted]:
+            raise ValueError(f"COOKBOOK_DEVICE={wanted} but this machine has no {wanted} device")
+        return torch.device(wanted)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -161,8 +124,6 @@ _KNOWN_BAD = [
 
 def report():
     """A table of the software and hardware this run sees, with warnings for known-bad combinations."""
-    import pandas as pd
-
     rows = [
         ("python", platform.python_version()),
         ("platform", platform.platform()),

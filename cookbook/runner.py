@@ -13,6 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
+from tqdm.auto import tqdm
+
+from cookbook.env import report
+from cookbook.profiles import profile
+
 __all__ = ["main", "record", "run_notebooks"]
 
 _RECORD_ENV = "COOKBOOK_RECORD_FILE"
@@ -43,11 +51,6 @@ def _format(value) -> str:
 
 def run_notebooks(notebooks: list[Path], out: Path, profile: str, timeout: int = 1800) -> list[dict]:
     """Execute notebooks in order (a failure is reported and the others still run); write `out/summary.md`."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError
-    from tqdm.auto import tqdm
-
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for nb_path in tqdm(notebooks, desc=f"notebooks ({profile})", unit="nb"):
@@ -78,8 +81,6 @@ def run_notebooks(notebooks: list[Path], out: Path, profile: str, timeout: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cookbook.env import profile
-
     parser = argparse.ArgumentParser(prog="python -m cookbook", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the notebook series and write runs/<timestamp>/summary.md")
@@ -91,8 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "report":
-        from cookbook.env import report
-
         print(report().to_string())
         return 0
     name = profile(args.profile).name

@@ -8,33 +8,6 @@ import torch
 from cookbook import env
 
 
-def test_profile_default_is_smoke_on_cpu(monkeypatch):
-    monkeypatch.delenv("COOKBOOK_PROFILE", raising=False)
-    expected = "full" if torch.cuda.is_available() else "smoke"
-    assert env.profile().name == expected
-
-
-def test_profile_env_override_and_argument(monkeypatch):
-    monkeypatch.setenv("COOKBOOK_PROFILE", "full")
-    assert env.profile().name == "full"
-    assert env.profile("smoke").name == "smoke"  # an explicit name wins over the environment
-
-
-def test_unknown_profile_lists_valid_names(monkeypatch):
-    monkeypatch.setenv("COOKBOOK_PROFILE", "huge")
-    with pytest.raises(ValueError, match="smoke, full"):
-        env.profile()
-
-
-def test_profiles_scale_up_from_smoke_to_full():
-    smoke, full = env.PROFILES["smoke"], env.PROFILES["full"]
-    for field in ("vocab_size", "seq_len", "batch_size", "steps"):
-        assert getattr(full, field) > getattr(smoke, field), field
-    assert 0 < smoke.data_fraction <= full.data_fraction <= 1
-    with pytest.raises(AttributeError):
-        smoke.steps = 1  # profiles are frozen: a notebook cannot silently change another's sizes
-
-
 def test_seed_everything_repeats_all_generators():
     def draw():
         return random.random(), np.random.rand(), torch.rand(3)

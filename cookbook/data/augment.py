@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from cookbook.data.clean_text import STOPWORDS
+from cookbook.data.clean.text import STOPWORDS
+from cookbook.data.dedup.embeddings import embed
 
 __all__ = [
     "THESAURUS",
@@ -132,8 +133,6 @@ def embedding_thesaurus(words: Sequence[str], model=None, k: int = 3, min_simila
     """Synonym candidates from embedding neighbours: for each word, its `k` nearest other words of the
     list with cosine ≥ `min_similarity`, under a local sentence-transformers model (default: the
     offline MiniLM from the `semantic` extra)."""
-    from cookbook.data.embeddings import embed
-
     words = list(dict.fromkeys(words))
     if len(words) < 2:
         raise ValueError("embedding_thesaurus needs at least two distinct words")

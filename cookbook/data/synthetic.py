@@ -15,6 +15,8 @@ import unicodedata
 import numpy as np
 import pandas as pd
 
+from cookbook.data.dedup.signatures import shingles
+
 __all__ = ["DEFECTS", "MessyTruth", "messy_table", "near_duplicates", "score"]
 
 _FIRST = ["Ana", "Björn", "Chloé", "Dmitri", "Emma", "François", "Grace", "Hiro", "Inès", "José", "Kai", "Léa",
@@ -185,8 +187,6 @@ def near_duplicates(n: int = 200, seed: int = 0, *, length: int = 300, k: int = 
     Returns the shuffled documents and a frame of the planted pairs (i, j, edits, jaccard) where
     `jaccard` is the exact Jaccard similarity of their k-token shingle sets (cookbook.data.dedup.shingles).
     """
-    from cookbook.data.dedup import shingles
-
     if n < 1 or length < 2 * k:
         raise ValueError(f"need n >= 1 and length >= 2k; got n={n}, length={length}, k={k}")
     rng = np.random.default_rng(seed)

@@ -9,6 +9,9 @@ import datasets
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from cookbook.data import corpus
+from cookbook.env import cache_dir
+
 __all__ = ["EOS", "PAD", "blocks_for_profile", "for_profile", "load", "pack", "train", "trained"]
 
 EOS = "<|endoftext|>"
@@ -53,8 +56,6 @@ def load(folder: str | Path) -> PreTrainedTokenizerFast:
 
 def trained(ds: datasets.Dataset, vocab_size: int, cache: str | Path | None = None) -> PreTrainedTokenizerFast:
     """Train on `ds["text"]` once and reuse it: the result is cached under a key of the texts and vocab size."""
-    from cookbook.env import cache_dir
-
     digest = hashlib.sha256(str(vocab_size).encode())
     for text in ds["text"]:
         digest.update(text.encode("utf-8", "surrogatepass"))
@@ -95,18 +96,14 @@ def pack(ds: datasets.Dataset, tokenizer, block_size: int, num_proc: int | None 
 def for_profile(profile, ds: datasets.Dataset | None = None) -> PreTrainedTokenizerFast:
     """The profile's tokenizer (cached): `vocab_size` BPE on `tokenizer_fraction` of the corpus's training split.
 
-    Every notebook and `models.pretrained` go through here, so they all share one tokenizer.
+    Every notebook and `train.pretrained` go through here, so they all share one tokenizer.
     """
-    from cookbook.data import corpus
-
     ds = corpus.load() if ds is None else ds
-    return trained(corpus.split(ds, fraction=profile.tokenizer_fraction)["train"], profile.vocab_size)
+    return trained(corpus.split(ds, fraction=profile.data.tokenizer_fraction)["train"], profile.data.vocab_size)
 
 
 def blocks_for_profile(profile, tok, ds: datasets.Dataset | None = None) -> datasets.DatasetDict:
     """Train/validation blocks of the profile's `seq_len` from `data_fraction` of the corpus (stdlib by default)."""
-    from cookbook.data import corpus
-
     ds = corpus.load() if ds is None else ds
-    parts = corpus.split(ds, fraction=profile.data_fraction)
-    return datasets.DatasetDict({name: pack(part, tok, profile.seq_len) for name, part in parts.items()})
+    parts = corpus.split(ds, fraction=profile.data.data_fraction)
+    return datasets.DatasetDict({name: pack(part, tok, profile.data.seq_len) for name, part in parts.items()})

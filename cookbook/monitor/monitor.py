@@ -1,0 +1,523 @@
+"""Training-health monitor: gradient norms, update ratios, alerts, hardware and log sinks.
+
+`TrainingMonitor` plugs into `cookbook.train.Trainer` as a callback, or into your own loop:
+
+    monitor = TrainingMonitor(log_dir="runs/demo").watch(model)   # Trainer(..., callbacks=[monitor]) also works
+    for step, batch in enumerate(loader):
+        loss = model(**batch).loss
+        loss.backward()
+        monitor.step(model, loss, step=step, lr=scheduler.get_last_lr()[0], tokens=batch["input_ids"].numel())
+        optimizer.step(); optimizer.zero_grad()
+        if monitor.should_stop:
+            break
+
+Call `step()` once per optimizer step, after the last micro-batch's `backward()` (after `scaler.unscale_(optimizer)`
+in fp16) and BEFORE `optimizer.step()`: the weights are then still the last good state, which is what the NaN
+guard saves (a `cookbook.checkpoint` file) before it stops the run with `NonFiniteError`.
+Alerts are structured `Alert` events (also shown as warnings): vanishing gradients, exploding gradients and
+loss spikes (rolling z-score), a loss climbing back up (diverging), non-finite loss/gradients, a stalled
+validation loss (`monitor.evaluate(val_loss)`), MoE expert imbalance. `monitor.close()` after your loop
+writes the last row to the logs (the Trainer calls it for you).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cookbook import checkpoint
+from cookbook.monitor.live import LiveView
+from cookbook.monitor.rules import (
+    ALERT_KINDS,
+    Alert,
+    Divergence,
+    Imbalance,
+    Overflow,
+    Plateau,
+    Spike,
+    Vanishing,
+)
+from cookbook.monitor.sinks import CsvSink, JsonlSink, TensorBoardSink, sample_hardware
+
+__all__ = ["NonFiniteError", "TrainingAlertWarning", "TrainingMonitor", "layer_of"]
+
+
+class TrainingAlertWarning(UserWarning):
+    """The warning category of monitor alerts (filter it with `warnings.simplefilter`)."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training hit a NaN/inf loss or gradient; `checkpoint` is the last good state saved (or None)."""
+
+    def __init__(self, message: str, checkpoint: Path | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+_LAYER_INDEX = re.compile(r"^(.*?\b(?:layers|layer|h|blocks)\.\d+)\.([^.]+)")
+
+
+def layer_of(name: str) -> str:
+    """The layer a parameter belongs to, for per-layer statistics.
+
+    `model.layers.3.self_attn.q_proj.weight` -> `layers.3.self_attn`; norms of a block are merged
+    (`layers.3.norm`); anything else is its module path (`lm_head`, `net.4`).
+    """
+    path = name.rsplit(".", 1)[0] if "." in name else name
+    while path.startswith(("model.", "base_model.", "transformer.")):
+        path = path.split(".", 1)[1]
+    match = _LAYER_INDEX.match(path + ".")
+    if match:
+        block, part = match.groups()
+        return f"{block}.norm" if "norm" in part else f"{block}.{part}"
+    return path
+
+
+class TrainingMonitor:
+    """Watches a training run's health; a `cookbook.train` callback and a helper for your own loop.
+
+    Rules (see `cookbook.alerts`; every threshold is an argument):
+      vanishing: a layer's (or the whole model's) gradient norm below `vanish_threshold` for
+        `vanish_patience` consecutive steps (the guide's rule: < 1e-6 for 3 steps).
+      exploding / loss_spike: z-score of log10(grad norm) / loss against the previous `spike_window` steps
+        above `spike_z` (spread floored at 0.1 decade / `spike_floor` x the mean loss, so a flat curve raises
+        no alarm), from the `spike_min_points`-th step on.
+      diverging: the EMA-smoothed loss more than `diverge_ratio` above its lowest value (non-convergence).
+      nan: non-finite loss, or non-finite gradients without a GradScaler (with one, the scaler skips the
+        step: counted as `skipped`, and `overflow` fires after `overflow_patience` skips in a row).
+        Always stops: the last good weights are saved, then `NonFiniteError` is raised.
+      stalled: validation loss not below its best by `min_delta` for `patience` evaluations.
+      imbalance: an MoE layer's busiest expert above (1 + `imbalance_threshold`) x the fair share for
+        `imbalance_patience` consecutive logged steps (DeepSeek-V3's MaxVio).
+    `stop_on` lists the kinds that also stop training gracefully (`should_stop`; the Trainer obeys it).
+    Per-layer norms and update ratios are measured every `layer_every` steps (the update ratio keeps one
+    copy of the weights between two steps); the loss/gradient checks run every step with one host sync.
+    """
+
+    def __init__(self, *, vanish_threshold: float = 1e-6, vanish_patience: int = 3, spike_window: int = 20,
+                 spike_z: float = 6.0, spike_floor: float = 0.02, spike_min_points: int = 3,
+                 diverge_ratio: float = 0.1, patience: int | None = 3, min_delta: float = 0.0,
+                 imbalance_threshold: float = 2.0, imbalance_patience: int = 3, overflow_patience: int = 10, max_grad_norm: float | None = 1.0,
+                 stop_on: Iterable[str] = ("stalled",), layer_every: int = 1, track_experts: bool = True,
+                 hardware: bool = True, log_dir: str | Path | None = None, tensorboard: bool = False,
+                 sinks: Iterable = (), checkpoint_dir: str | Path | None = None, warn: bool = True,
+                 live: bool = False, total: int | None = None, group: Callable[[str], str] = layer_of):
+        self.stop_on = tuple([stop_on] if isinstance(stop_on, str) else stop_on)
+        unknown = sorted(set(self.stop_on) - set(ALERT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown alert kind(s) in stop_on: {unknown}; valid kinds: {', '.join(ALERT_KINDS)}")
+        if isinstance(layer_every, bool) or not isinstance(layer_every, int) or layer_every < 1:
+            raise ValueError(f"layer_every must be a positive int, got {layer_every!r}")
+        self.vanishing = Vanishing(vanish_threshold, vanish_patience)
+        self.loss_spike = Spike("loss_spike", spike_window, spike_z, spike_floor, spike_min_points)
+        # gradient norms are scored in decades; a spread below 0.1 decade (x1.26) is treated as 0.1
+        self.exploding = Spike("exploding", spike_window, spike_z, 0.1, spike_min_points, log=True)
+        self.diverging = Divergence(diverge_ratio, min_points=spike_min_points)
+        self.plateau = Plateau(patience, min_delta) if patience is not None else None
+        self.imbalance = Imbalance(imbalance_threshold, imbalance_patience)
+        self.overflow = Overflow(overflow_patience)
+        self.max_grad_norm, self.layer_every, self.track_experts = max_grad_norm, layer_every, track_experts
+        self.hardware, self.warn, self.group = hardware, warn, group
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.sinks = list(sinks)
+        if self.log_dir is not None:
+            self.sinks += [JsonlSink(self.log_dir / "metrics.jsonl"), CsvSink(self.log_dir / "metrics.csv")]
+            if tensorboard:
+                self.sinks.append(TensorBoardSink(self.log_dir / "tensorboard"))
+        elif tensorboard:
+            raise ValueError("tensorboard=True needs a log_dir to write the event files to")
+        self.live = None
+        if live:
+            self.live = LiveView(self, total=total)
+
+        self.alerts: list[Alert] = []
+        self.should_stop, self.stop_reason = False, ""
+        self._rows: dict[int, dict] = {}
+        self._layer_rows: dict[int, dict[str, float]] = {}
+        self._ratio_rows: dict[int, dict[str, float]] = {}
+        self._load_rows: list[dict] = []
+        self._pending: list[int] = []  # steps whose rows are not yet written to the sinks
+        self._params: list | None = None
+        self._snapshot: tuple[int, list[int], list[torch.Tensor]] | None = None
+        self._hooks: list = []
+        self._hooked = False
+        self._counts: dict[str, torch.Tensor] = {}
+        self._last_step: int | None = None
+        self._clock: float | None = None
+        self._closed = False
+
+    @property
+    def best_val(self) -> float:
+        return self.plateau.best if self.plateau else math.inf
+
+    @property
+    def best_step(self) -> int | None:
+        return self.plateau.best_step if self.plateau else None
+
+    def watch(self, model: torch.nn.Module) -> TrainingMonitor:
+        """Attach to `model` before the first forward pass (else MoE routing is counted from the 2nd step)."""
+        self._attach(model)
+        return self
+
+    # ------------------------------------------------------------------ the cookbook.train callback protocol
+    def on_train_begin(self, trainer) -> None:
+        self._attach(trainer.model)
+        if self.live is not None and self.live.progress is None:
+            self.live.progress = False  # the trainer shows its own progress bar
+
+    def on_after_backward(self, trainer, loss) -> None:
+        # trainer.step counts the steps done, so the step being taken (and later logged) is trainer.step + 1
+        self._observe(trainer.model, loss, step=trainer.step + 1, optimizer=trainer.optimizer,
+                      scaler=trainer.scaler, lr=None, trainer=trainer)
+        self._sync_stop(trainer)
+
+    def on_step_end(self, trainer, logs: dict) -> None:
+        step = int(logs.get("step", trainer.step))
+        row = self._row(step)
+        for key, value in logs.items():  # the monitor's own per-step values win; the trainer's fill the rest
+            value = _scalar(value)
+            if value is not None and key not in row:
+                row[key] = value
+        self._log_step(step)
+        self._sync_stop(trainer)
+
+    def on_evaluate(self, trainer, logs: dict) -> None:
+        self.evaluate(float(logs["val_loss"]), step=int(logs.get("step", trainer.step)))
+        self._sync_stop(trainer)
+
+    def on_train_end(self, trainer) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ your own loop
+    def step(self, model: torch.nn.Module, loss: torch.Tensor | float, *, step: int | None = None,
+             lr: float | None = None, optimizer=None, scaler=None, tokens: int | None = None,
+             **extra) -> list[Alert]:
+        """Record one optimizer step (after backward, before optimizer.step); returns the alerts it raised.
+
+        `optimizer` lets the NaN guard save its state and gives the lr; `scaler` (a GradScaler) marks
+        non-finite gradients as a skipped fp16 step instead of a NaN run; `tokens` gives tokens/s.
+        Extra numbers (e.g. `data_s=`) are recorded in the history as they are.
+        """
+        step = self._next_step() if step is None else int(step)
+        n_before = len(self.alerts)
+        self._observe(model, loss, step=step, optimizer=optimizer, scaler=scaler, lr=lr, trainer=None)
+        row = self._row(step)
+        row.update({k: _scalar(v) for k, v in extra.items() if _scalar(v) is not None})
+        now = time.perf_counter()
+        if tokens is not None and self._clock is not None and now > self._clock:
+            row["tokens_per_s"] = tokens / (now - self._clock)
+        self._clock = now
+        self._log_step(step)
+        return self.alerts[n_before:]
+
+    def evaluate(self, val_loss: float, *, step: int | None = None) -> list[Alert]:
+        """Record a validation loss; `stalled` fires after `patience` evaluations without improvement."""
+        step = (self._last_step or 0) if step is None else int(step)
+        n_before = len(self.alerts)
+        val_loss = float(val_loss)
+        row = self._row(step)
+        row["val_loss"], row["val_ppl"] = val_loss, math.exp(min(val_loss, 700.0))
+        if not math.isfinite(val_loss):
+            self._emit(Alert(step, "nan", val_loss, 0.0, "validation loss is not finite: the weights are "
+                             "damaged; restore the last good checkpoint"))
+            self.should_stop, self.stop_reason = True, str(self.alerts[-1])
+        elif self.plateau is not None:
+            best_step = self.plateau.best_step
+            self._emit(self.plateau.update(step, val_loss, self._train_trend(best_step, step)))
+        if self.live is not None:
+            self.live.update(self, force=True)
+        return self.alerts[n_before:]
+
+    def close(self) -> None:
+        """Write pending rows, remove the hooks, close the sinks and draw the final live view (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._flush(final=True)
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks, self._hooked = [], False
+        for sink in self.sinks:
+            sink.close()
+        if self.live is not None:
+            self.live.close(self)
+
+    # ------------------------------------------------------------------ results
+    @property
+    def history(self):
+        """One row per step: loss, grad_norm, lr, update_ratio, val_loss, hardware, trainer logs..."""
+        frame = pd.DataFrame([self._rows[s] for s in sorted(self._rows)])
+        return frame if len(frame) else pd.DataFrame(columns=["step", "loss", "grad_norm"])
+
+    @property
+    def layer_grad_norms(self):
+        """Per-layer gradient norms: steps x layers (model order)."""
+        return _wide(self._layer_rows)
+
+    @property
+    def update_ratios(self):
+        """Per-layer ||weight update|| / ||weight||: steps x layers (~1e-3 is the usual healthy scale)."""
+        return _wide(self._ratio_rows)
+
+    @property
+    def expert_load(self):
+        """Tokens routed to each expert per MoE layer between logged steps: long DataFrame."""
+        return pd.DataFrame(self._load_rows, columns=["step", "layer", "expert", "tokens"])
+
+    def alerts_frame(self):
+        """The alerts as a DataFrame (step, kind, value, threshold, message)."""
+        return pd.DataFrame([asdict(a) for a in self.alerts], columns=["step", "kind", "value", "threshold", "message"])
+
+    def summary(self) -> dict:
+        """Alert counts by kind, steps seen and the stop reason: a run's health verdict."""
+        counts = {kind: sum(a.kind == kind for a in self.alerts) for kind in ALERT_KINDS}
+        return {**counts, "steps": len(self._rows), "stopped": self.should_stop, "stop_reason": self.stop_reason}
+
+    # ------------------------------------------------------------------ internals
+    def _next_step(self) -> int:
+        return 0 if self._last_step is None else self._last_step + 1
+
+    def _row(self, step: int) -> dict:
+        if step not in self._rows:
+            self._rows[step] = {"step": step}
+            self._pending.append(step)
+        return self._rows[step]
+
+    def _attach(self, model: torch.nn.Module) -> None:
+        self._closed = False  # a closed monitor (trainer.fit() ended) records again when training resumes
+        if self._params is None:
+            self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            if not self._params:
+                raise ValueError("the model has no trainable parameters to monitor")
+            names = [self.group(n) for n, _ in self._params]
+            self._groups = list(dict.fromkeys(names))
+            self._group_index = torch.tensor([self._groups.index(g) for g in names])
+        if self.track_experts and not self._hooked:
+            self._hooked = True
+            for name, module in model.named_modules():
+                if type(module).__name__.endswith("TopkRouter") and hasattr(module, "num_experts"):
+                    self._hooks.append(module.register_forward_hook(self._count_hook(name, module.num_experts)))
+
+    def _count_hook(self, name: str, n_experts: int):
+        layer = layer_of(name + ".x").rsplit(".", 1)[0]  # model.layers.3.mlp.gate -> layers.3
+
+        def hook(module, _inputs, output):
+            # Count training forwards only: not evaluation, and not the recomputation that gradient
+            # checkpointing runs inside backward (the autograd engine then has a current graph task).
+            if module.training and _graph_task() == -1:
+                counts = torch.bincount(output[2].reshape(-1), minlength=n_experts).detach()
+                self._counts[layer] = self._counts[layer] + counts if layer in self._counts else counts
+
+        return hook
+
+    def _group_sums(self, values: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        """Sum of `values` (one per parameter in `idx`) within each layer group."""
+        index = self._group_index[idx].to(values.device)
+        return torch.zeros(len(self._groups), device=values.device).index_add_(0, index, values)
+
+    def _observe(self, model, loss, *, step, optimizer, scaler, lr, trainer) -> None:
+        """The per-step checks, with one host sync for loss + norms (needed to stop before a NaN update)."""
+        self._attach(model)
+        self._flush()
+        self._last_step = step
+        params = [p for _, p in self._params]
+        have = [i for i, p in enumerate(params) if p.grad is not None]
+        loss_t = loss.detach().float().reshape(1) if torch.is_tensor(loss) else torch.tensor([float(loss)])
+        row = self._row(step)
+        lr = lr if lr is not None else _lr(optimizer)
+        if lr is not None:
+            row["lr"] = lr
+        # Only a real GradScaler skips a step whose gradients overflowed; anything else would apply it.
+        scaling = isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
+        if scaler is not None and hasattr(scaler, "get_scale"):
+            row["scale"] = float(scaler.get_scale())  # the scale this step's backward used
+        if not have:  # no gradients yet: only the loss can be checked
+            row["loss"] = float(loss_t)
+            if not math.isfinite(row["loss"]):
+                self._nan(step, "loss", row["loss"], model, optimizer, trainer)
+            return
+        sq = _norms([params[i].grad for i in have]).square()
+        per_group = self._group_sums(sq, have).sqrt()
+        values = torch.cat([loss_t.to(sq.device), sq.sum().sqrt().reshape(1), per_group]).tolist()
+        loss_v, grad_norm = values[0], values[1]
+        present = set(self._group_index[have].tolist())
+        layer_norms = {g: values[2 + k] for k, g in enumerate(self._groups) if k in present}
+        row["loss"], row["grad_norm"] = loss_v, grad_norm
+        if not math.isfinite(loss_v):
+            self._nan(step, "loss", loss_v, model, optimizer, trainer)
+        if not math.isfinite(grad_norm):
+            if not scaling:
+                bad = [g for g, v in layer_norms.items() if not math.isfinite(v)]
+                self._nan(step, f"gradients (in {', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''})",
+                          grad_norm, model, optimizer, trainer)
+            row["skipped"] = True  # the scaler skips this step and lowers its scale: normal in fp16
+            self._emit(self.overflow.update(step, True, row["scale"]))
+            self._snapshot = None  # no update happens, so no update ratio either
+            return
+        if scaling:
+            row["skipped"] = False
+            self.overflow.update(step, False)
+        if self.max_grad_norm is not None:
+            row["clipped"] = grad_norm > self.max_grad_norm
+        layer_step = step % self.layer_every == 0
+        if layer_step:
+            self._layer_rows[step] = layer_norms
+        self._update_ratio(step, params, have, layer_step)
+        self._emit(self.vanishing.update(step, {"(all)": grad_norm, **(layer_norms if layer_step else {})}))
+        self._emit(self.loss_spike.update(step, loss_v))
+        self._emit(self.diverging.update(step, loss_v))
+        self._emit(self.exploding.update(step, grad_norm))
+
+    def _update_ratio(self, step: int, params: list, have: list[int], layer_step: bool) -> None:
+        """||w_new - w_old|| / ||w_old|| per layer, from the copy of the weights taken at the previous step."""
+        if self._snapshot is not None:
+            prev, idx, old = self._snapshot
+            with torch.no_grad():
+                diff = _norms(torch._foreach_sub([params[i].detach() for i in idx], old)).square()
+                base = _norms(old).square()
+                d, b = self._group_sums(diff, idx), self._group_sums(base, idx)
+                vals = torch.cat([d.sum().sqrt().reshape(1), b.sum().sqrt().reshape(1), d.sqrt(), b.sqrt()]).tolist()
+            n, seen = len(self._groups), set(self._group_index[idx].tolist())
+            if vals[1] > 0 and prev in self._rows:
+                self._rows[prev]["update_ratio"] = vals[0] / vals[1]
+                self._ratio_rows[prev] = {g: vals[2 + k] / vals[2 + n + k] for k, g in enumerate(self._groups)
+                                          if k in seen and vals[2 + n + k] > 0}
+            self._snapshot = None
+        if layer_step:
+            with torch.no_grad():
+                self._snapshot = (step, have, [params[i].detach().clone() for i in have])
+
+    def _log_step(self, step: int) -> None:
+        """Per logged step: expert load, hardware and the live view."""
+        if self._counts:
+            loads = {layer: c.tolist() for layer, c in self._counts.items()}
+            self._counts = {}
+            for layer, counts in loads.items():
+                self._load_rows += [dict(step=step, layer=layer, expert=e, tokens=c) for e, c in enumerate(counts)]
+            worst, alert = self.imbalance.update(step, loads)
+            self._row(step)["max_vio"] = worst
+            self._emit(alert)
+        if self.hardware:
+            self._row(step).update(sample_hardware())
+        if self.live is not None:
+            self.live.update(self)
+
+    def _nan(self, step, what, value, model, optimizer, trainer) -> None:
+        where = self.checkpoint_dir or (self.log_dir / "last-good" if self.log_dir else
+                                        Path(tempfile.mkdtemp(prefix="cookbook-last-good-")))
+        saved, note = None, ""
+        if not all(bool(torch.isfinite(p).all()) for _, p in self._params):
+            note = "; the weights were already non-finite (an earlier update), so nothing was saved"
+        else:
+            path = Path(where) / f"last-good-step-{step - 1}.safetensors"
+            try:
+                if trainer is not None:  # the trainer's checkpoint also holds its schedule, scaler and data position
+                    saved = trainer.save_checkpoint(path)
+                else:
+                    saved = checkpoint.save(path, model, optimizer, state={"step": step - 1})
+            except Exception as exc:  # still stop: a failed save must not hide the NaN
+                note = f"; saving the last good state failed: {exc!r}"
+        message = (f"non-finite {what} ({value}) at step {step}: training stopped before the update"
+                   + (f"; the last good state (after step {step - 1}) is saved at {saved}" if saved else note))
+        self._emit(Alert(step, "nan", float(value), 0.0, message))
+        self.should_stop, self.stop_reason = True, message
+        if trainer is not None:
+            trainer.should_stop, trainer.stop_reason = True, message
+        self.close()
+        raise NonFiniteError(message, Path(saved) if saved else None)
+
+    def _emit(self, alert: Alert | None) -> None:
+        if alert is None:
+            return
+        self.alerts.append(alert)
+        for sink in self.sinks:
+            sink.alert(alert)
+        if self.warn:  # attributed to the caller's line (your loop, or `trainer.fit()`), not to library code
+            warnings.warn(str(alert), TrainingAlertWarning, stacklevel=_caller_level())
+        if alert.kind in self.stop_on and not self.should_stop:
+            self.should_stop, self.stop_reason = True, str(alert)
+
+    def _sync_stop(self, trainer) -> None:
+        if self.should_stop and not trainer.should_stop:
+            trainer.should_stop, trainer.stop_reason = True, self.stop_reason
+
+    def _train_trend(self, start, end) -> float:
+        """Mean training loss near `end` minus near `start` (negative: still falling)."""
+        losses = [(s, r["loss"]) for s, r in self._rows.items() if "loss" in r and math.isfinite(r["loss"])]
+        if start is None or len(losses) < 4:
+            return 0.0
+        span = max(2, (end - start) // 4)
+        a = [v for s, v in losses if abs(s - start) <= span]
+        b = [v for s, v in losses if abs(s - end) <= span]
+        return (sum(b) / len(b) - sum(a) / len(a)) if a and b else 0.0
+
+    def _flush(self, final: bool = False) -> None:
+        """Write finished rows (every step before the newest) to the sinks."""
+        keep = [] if final or not self._pending else [self._pending[-1]]
+        for step in self._pending:
+            if step not in keep:
+                for sink in self.sinks:
+                    sink.write(self._rows[step], self._layer_rows.get(step, {}))
+        self._pending = keep
+
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_graph_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)
+
+
+def _caller_level() -> int:
+    """The `stacklevel` of the first frame outside the cookbook package (and torch's hook machinery)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+                                 or "/torch/" in frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _scalar(value):
+    """A plain Python number for one-element tensors / numpy scalars / numbers; None for anything else."""
+    if isinstance(value, (bool, int, float)):
+        return value
+    if (torch.is_tensor(value) and value.numel() == 1) or (hasattr(value, "item") and getattr(value, "size", 0) == 1):
+        return value.item()
+    return None
+
+
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of each tensor, in one fused call where torch has it."""
+    tensors = [t.to_dense() if t.is_sparse else t for t in tensors]
+    if hasattr(torch, "_foreach_norm"):
+        by_device: dict = {}
+        for i, t in enumerate(tensors):
+            by_device.setdefault(t.device, []).append(i)
+        out = [None] * len(tensors)
+        for idx in by_device.values():
+            for i, n in zip(idx, torch._foreach_norm([tensors[i] for i in idx]), strict=True):
+                out[i] = n
+        device = tensors[0].device
+        return torch.stack([n.float().to(device) for n in out])
+    return torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])
+
+
+def _lr(optimizer) -> float | None:
+    if optimizer is None or not optimizer.param_groups:
+        return None
+    lr = optimizer.param_groups[0].get("lr")
+    return float(lr) if lr is not None else None
+
+
+def _wide(rows: dict[int, dict[str, float]]):
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "step"
+    return frame.sort_index()

@@ -1,0 +1,90 @@
+"""The loss of a causal LM and exact gradient accumulation.
+
+`token_loss` sums next-token cross-entropies; `backward_micro_batches` divides by the target tokens of
+the whole optimizer step, so k micro-batches give exactly the big batch's gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from cookbook.train import precision as amp
+from cookbook.train.batches import as_batch, concat_batches, target_count
+
+__all__ = ["accumulation_error", "backward_micro_batches", "token_loss"]
+
+
+def token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum (not mean) of next-token cross-entropies over the batch's targets (labels != -100)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    # Position t predicts token t+1. The loss is computed in (at least) float32, even under autocast.
+    logits = logits[:, :-1].flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits, batch["labels"][:, 1:].flatten(),
+                           ignore_index=-100, reduction="sum")
+
+
+def backward_micro_batches(model, micro_batches, *, normalize: str = "tokens", precision: str = "fp32",
+                           scaler=None, balancer=None, device=None) -> torch.Tensor:
+    """Forward + backward over the micro-batches of one optimizer step; returns the step's mean loss.
+
+    The gradients left in `.grad` are those of the mean loss over every target token of the step, exactly
+    as if the micro-batches were one big batch (`normalize="tokens"`). `normalize="steps"` is the naive
+    recipe `mean_loss / k`, which is only right when every micro-batch holds the same number of targets.
+    """
+    if normalize not in ("tokens", "steps"):
+        raise ValueError(f"normalize must be 'tokens' or 'steps', got {normalize!r}")
+    micro_batches = [as_batch(b) for b in micro_batches]
+    counts = [target_count(b) for b in micro_batches]  # counted on the host copy: no device sync
+    n_targets, n_sequences = sum(counts), sum(len(b["input_ids"]) for b in micro_batches)
+    if n_targets == 0:
+        raise ValueError("the micro-batches hold no target tokens (all labels are -100 or sequences have length 1)")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    losses = []
+    for batch, count in zip(micro_batches, counts, strict=True):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        recording = balancer.recording() if balancer is not None else contextlib.nullcontext()
+        with amp.autocast(precision, device), recording:
+            loss_sum = token_loss(model, batch)
+        if normalize == "tokens":
+            # Divide by the target tokens of the WHOLE step, not of this micro-batch: the k backward passes
+            # then add up to exactly the big-batch gradient. (`mean / k` over-weights the tokens of short
+            # micro-batches whenever micro-batches hold different numbers of targets.)
+            loss = loss_sum / n_targets
+        else:
+            loss = loss_sum / max(count, 1) / len(micro_batches)
+        losses.append(loss.detach())
+        if balancer is not None:  # the aux loss is a mean over sequences: weight micro-batches by their share
+            loss = loss + balancer.aux_loss() * (len(batch["input_ids"]) / n_sequences)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+    return torch.stack(losses).sum()
+
+
+
+def accumulation_error(model, micro_batches, *, device="cpu"):
+    """Relative gradient error of accumulating `micro_batches` vs one big batch of all their sequences.
+
+    A DataFrame with one row per normalisation ("tokens": exact, "steps": the naive mean / k). Use a
+    float64 model to see the difference between a real error and rounding.
+    """
+
+    micro_batches = [as_batch(b) for b in micro_batches]
+
+    def gradient(batches, normalize):
+        model.zero_grad(set_to_none=True)
+        loss = backward_micro_batches(model, batches, normalize=normalize, device=device)
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        model.zero_grad(set_to_none=True)
+        return loss.item(), grad
+
+    big_loss, reference = gradient([concat_batches(micro_batches)], "tokens")
+    rows = []
+    for normalize in ("tokens", "steps"):
+        loss, grad = gradient(micro_batches, normalize)
+        rows.append(dict(normalize=normalize, loss=loss, big_batch_loss=big_loss,
+                         relative_gradient_error=((grad - reference).norm() / reference.norm()).item()))
+    return pd.DataFrame(rows).set_index("normalize")
+

