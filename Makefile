@@ -1,20 +1,53 @@
 # Two commands: `make run` (execute the notebook series) and `make test` (lint + unit tests + nbval).
-# Both create .venv from nothing with the tested pins in requirements/constraints.txt.
+# Both create .venv from nothing with the tested pins for its Python: requirements/constraints-py3XX.txt
+# (one file per supported Python, 3.10-3.13). Another Python: `make clean install PYTHON=python3.12`.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= dev,semantic,monitor
+# Pins follow the venv's Python once it exists, else $(PYTHON)'s.
+PYVER  := $(or $(shell { $(BIN)/python -V || $(PYTHON) -V; } 2>/dev/null | sed -E 's/Python (3\.[0-9]+).*/\1/'),unknown)
+CONSTRAINTS := requirements/constraints-py$(subst .,,$(PYVER)).txt
+PINS_HEADER := \# Tested pins for one Python, used as constraints by make install. Written by make pins (pip freeze).
+LAB_ARGS ?=
+# Offline JupyterLab: an extension manager that lists what is installed and never queries a package index;
+# --allow-root because Docker and GPU-cloud images run as root, where jupyter otherwise refuses to start.
+LAB_FLAGS := --LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u)),--allow-root)
+# No "get Jupyter news?" pop-up and no update check (both would fetch from the web): a settings default of ours.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/cookbook.json
 
-.PHONY: install run test lint unit nbval lab bench clean
+.PHONY: install pins run test lint unit nbval lab bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements/constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# A venv without pip is half-created (python3-venv missing when it was made): remove it and make it again.
+# -W hides only setuptools' "Editable installation" note on every install; other warnings and errors still show.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { \
+	  if [ -e $(VENV) ]; then echo "$(VENV) has no pip (half-created): removing it and creating it again"; fi; \
+	  rm -rf $(VENV); \
+	  $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	    echo "Could not create $(VENV) with $(PYTHON). On Debian/Ubuntu install the venv module first:" \
+	         "'sudo apt install python3-venv' (or python3.X-venv for python3.X), then run make again." >&2; \
+	    exit 1; }; }
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e ".[$(EXTRAS)]"
+	$(BIN)/python -W "ignore:Editable installation:UserWarning" -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	touch $@
+
+# After changing packages in the venv and a green `make test`: write its exact versions as its Python's pins.
+# A local label (torch 2.13.0+cpu from a local wheel) is dropped: the package index serves the plain release.
+pins: $(STAMP)
+	{ echo "$(PINS_HEADER)"; $(BIN)/python -m pip freeze --all --exclude-editable --exclude pip \
+	    | sed -E 's/\+[A-Za-z0-9.]+$$//'; } > $(CONSTRAINTS)
+
+requirements/constraints-py%.txt:
+	@echo "$(if $(filter unknown,$(PYVER)),'$(PYTHON) -V' failed,No tested pins for Python $(PYVER) (from $(PYTHON)))."\
+	      "The cookbook supports Python 3.10-3.13: pick one, e.g. make clean install PYTHON=python3.12" >&2; exit 1
+
+$(LAB_SETTINGS): $(STAMP)
+	mkdir -p $(@D)
+	echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' > $@
 
 run: $(STAMP)
 	$(BIN)/python -m cookbook run
@@ -31,11 +64,22 @@ unit: $(STAMP)
 nbval: $(STAMP)
 	COOKBOOK_PROFILE=smoke $(BIN)/python -m pytest -q --nbval-lax notebooks
 
-lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks
+# Extra arguments: make lab LAB_ARGS="--port 8890 --no-browser"
+lab: $(STAMP) $(LAB_SETTINGS)
+	$(BIN)/jupyter lab $(LAB_FLAGS) $(LAB_ARGS) notebooks
 
 bench: $(STAMP)
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+# The whole GPU pass in one command (tools/gpu_pass.py): the corpus, every notebook in $(PROFILE), pytest -m gpu and
+# the GPU benchmarks, one archive under $(OUT). `make gpu PROFILE=smoke` runs the same pass on a CPU; ONLY=03,04
+# re-runs a subset; DEADLINE=480 skips what would not finish. On the GPU image (no venv, wheels from .whl/ on
+# PYTHONPATH): make gpu GPU_PYTHON=python3 COMMIT=<sha>.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+.PHONY: gpu
+gpu:
+	$(GPU_PYTHON) tools/gpu_pass.py --profile $(or $(PROFILE),full) --out $(or $(OUT),runs/gpu) \
+	  $(if $(ONLY),--only $(ONLY)) $(if $(COMMIT),--commit $(COMMIT)) $(if $(DEADLINE),--deadline $(DEADLINE))

@@ -25,13 +25,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-__all__ = ["CheckpointError", "latest", "load", "prune", "read", "save"]
+__all__ = ["CheckpointError", "checkpoints", "latest", "load", "prune", "read", "save"]
 
 FORMAT = "cookbook-checkpoint-1"
 
 
 class CheckpointError(RuntimeError):
-    """The file is not a usable checkpoint (truncated, corrupted, or from a different model)."""
+    """The file is not a usable checkpoint (truncated, corrupted, malformed, or from a different model)."""
 
 
 def _digest(tensors: dict[str, torch.Tensor], state_json: str) -> str:
@@ -119,19 +119,64 @@ def read(path) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {exc}") from exc
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not a {FORMAT} (format={metadata.get('format')!r})")
-    if _digest(tensors, metadata["state"]) != metadata.get("sha256"):
+    if "state" not in metadata or "sha256" not in metadata:
+        missing = [key for key in ("state", "sha256") if key not in metadata]
+        raise CheckpointError(f"{path} is a malformed {FORMAT}: its header has no {' and no '.join(missing)}")
+    if _digest(tensors, metadata["state"]) != metadata["sha256"]:
         raise CheckpointError(f"{path} is corrupt: its content does not match the checksum written with it")
-    return tensors, json.loads(metadata["state"])
+    try:
+        header = json.loads(metadata["state"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is a malformed {FORMAT}: its state is not JSON ({exc})") from exc
+    problem = _malformed(header, tensors)
+    if problem:
+        raise CheckpointError(f"{path} is a malformed {FORMAT}: {problem}")
+    return tensors, header
+
+
+# What `save` writes: the header keys with their JSON types (None: optional), the tensors every file has.
+_HEADER = {"format": str, "state": dict, "rng": dict, "param_groups": (list, None), "scheduler": (dict, None),
+           "scaler": (dict, None)}
+_OPTIMIZER_KEY = re.compile(r"optimizer/\d+/.+")
+
+
+def _malformed(header, tensors: dict[str, torch.Tensor]) -> str:
+    """What is wrong with a checksummed header and its tensors ("" if nothing): files written by hand or
+    by another tool can carry a correct checksum and still lack what `load` needs."""
+    if not isinstance(header, dict):
+        return f"its state is a JSON {type(header).__name__}, not an object"
+    for key, kinds in _HEADER.items():
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        if key not in header and None not in kinds:
+            return f"its header has no {key!r} (keys: {sorted(header)})"
+        if key in header and not isinstance(header[key], tuple(k for k in kinds if k is not None)):
+            return f"header {key!r} is a {type(header[key]).__name__}, not a {kinds[0].__name__}"
+    numpy_state, python_state = header["rng"].get("numpy"), header["rng"].get("python")
+    if not (isinstance(numpy_state, list) and len(numpy_state) == 4
+            and isinstance(python_state, list) and len(python_state) == 3 and isinstance(python_state[1], list)):
+        return "its RNG state is not [kind, pos, has_gauss, gauss] (numpy) and [version, state, gauss] (python)"
+    if not all(isinstance(group, dict) and isinstance(group.get("params"), list)
+               for group in header.get("param_groups", [])):
+        return "its optimizer param_groups are not objects with a 'params' list"
+    missing = [key for key in ("rng/torch", "rng/numpy") if key not in tensors]
+    if missing:
+        return f"tensors {missing} are missing"
+    odd = [key for key in tensors if key.startswith("optimizer/") and not _OPTIMIZER_KEY.fullmatch(key)]
+    if odd:
+        return f"optimizer tensors {odd[:3]} are not named optimizer/<index>/<name>"
+    if any(key.startswith("optimizer/") for key in tensors) and "param_groups" not in header:
+        return "it has optimizer tensors but no param_groups"
+    return ""
 
 
 def load(path, model, optimizer=None, scheduler=None, scaler=None) -> dict:
     """Restore a checkpoint into the given objects (and the RNGs); returns the saved trainer `state`.
 
     `path` may be a folder: its newest checkpoint is used, falling back to the previous one (with a
-    warning) when the newest is unreadable.
+    warning) when the newest is unreadable or malformed. Every problem with the file is a `CheckpointError`.
     """
     path = Path(path)
-    candidates = latest(path, all_=True) if path.is_dir() else [path]
+    candidates = checkpoints(path) if path.is_dir() else [path]
     if not candidates:
         raise FileNotFoundError(f"no step-*.safetensors checkpoint in {path}")
     for i, candidate in enumerate(candidates):
@@ -157,35 +202,49 @@ def load(path, model, optimizer=None, scheduler=None, scaler=None) -> dict:
                 _, index, name = key.split("/", 2)
                 state.setdefault(int(index), {})[name] = value
         groups = header["param_groups"]
-        for saved, current in zip(groups, optimizer.param_groups, strict=True):
-            if "betas" in saved:
-                saved["betas"] = tuple(saved["betas"])  # JSON turned the tuple into a list
-            for flag in ("fused", "foreach", "capturable"):  # kernels follow this machine, not the saving one
-                if flag in current:
-                    saved[flag] = current[flag]
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        try:
+            for saved, current in zip(groups, optimizer.param_groups, strict=True):
+                if "betas" in saved:
+                    saved["betas"] = tuple(saved["betas"])  # JSON turned the tuple into a list
+                for flag in ("fused", "foreach", "capturable"):  # kernels follow this machine, not the saving one
+                    if flag in current:
+                        saved[flag] = current[flag]
+            optimizer.load_state_dict({"state": state, "param_groups": groups})
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{candidate} does not fit this optimizer: {exc}") from exc
     if scheduler is not None and "scheduler" in header:
         scheduler.load_state_dict(header["scheduler"])
     if scaler is not None:
         if "scaler" not in header:
             raise CheckpointError(f"{candidate} was saved without a loss scaler (not an fp16 run)")
-        scaler.load_state_dict(header["scaler"])
-    _set_rng_state(tensors, header["rng"])
+        try:
+            scaler.load_state_dict(header["scaler"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{candidate} has a loss-scaler state that cannot be restored: {exc}") from exc
+    try:
+        _set_rng_state(tensors, header["rng"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{candidate} has an RNG state that cannot be restored: {exc}") from exc
     return header["state"]
 
 
-def latest(folder, all_: bool = False):
-    """The newest `step-*.safetensors` in `folder` (None if there is none); all of them, newest first, with all_."""
-    found = sorted(Path(folder).glob("step-*.safetensors"),
-                   key=lambda p: int(re.sub(r"\D", "", p.stem) or -1), reverse=True)
-    return found if all_ else (found[0] if found else None)
+def checkpoints(folder) -> list[Path]:
+    """Every `step-*.safetensors` in `folder`, newest (highest step) first; [] if there is none."""
+    return sorted(Path(folder).glob("step-*.safetensors"),
+                  key=lambda p: int(re.sub(r"\D", "", p.stem) or -1), reverse=True)
+
+
+def latest(folder) -> Path | None:
+    """The newest `step-*.safetensors` in `folder`, or None if there is none."""
+    found = checkpoints(folder)
+    return found[0] if found else None
 
 
 def prune(folder, keep: int = 2) -> list[Path]:
     """Delete all but the `keep` newest step checkpoints in `folder`; returns the deleted paths."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    old = latest(folder, all_=True)[keep:]
+    old = checkpoints(folder)[keep:]
     for p in old:
         p.unlink(missing_ok=True)
     return old

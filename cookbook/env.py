@@ -7,7 +7,9 @@ import importlib.metadata
 import os
 import platform
 import random
+import re
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -15,11 +17,14 @@ import datasets
 import numpy as np
 import pandas as pd
 import torch
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.version import InvalidVersion, Version
 from transformers.utils import logging as hf_logging
 
 from cookbook.profiles import Profile, profile
 
-__all__ = ["cache_dir", "commit", "device", "quiet_progress", "report", "seed_everything", "setup"]
+__all__ = ["cache_dir", "check_packages", "commit", "device", "pins_file", "quiet_progress", "read_pins", "report", "runs_dir",
+           "seed_everything", "setup"]
 
 
 def setup(seed: int = 0, profile_name: str | None = None) -> Profile:
@@ -96,6 +101,20 @@ def seed_everything(seed: int) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)  # for subprocesses (dataloader workers)
 
 
+def runs_dir(name: str = "") -> Path:
+    """The one folder for run outputs (logs, executed notebooks), created: $COOKBOOK_RUNS_DIR (set by
+    `python -m cookbook run` for its kernels), else `runs/` at the project root (the nearest folder up
+    holding pyproject.toml), else `runs/` in the working directory; `name` is a sub-folder."""
+    base = os.environ.get("COOKBOOK_RUNS_DIR")
+    if not base:
+        here = Path.cwd().resolve()
+        root = next((p for p in (here, *here.parents) if (p / "pyproject.toml").is_file()), here)
+        base = root / "runs"
+    path = Path(base) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def cache_dir() -> Path:
     """Where trained tokenizers and checkpoints are kept between runs: $COOKBOOK_CACHE or ~/.cache/cookbook."""
     path = Path(os.environ.get("COOKBOOK_CACHE") or Path.home() / ".cache" / "cookbook")
@@ -103,11 +122,14 @@ def cache_dir() -> Path:
     return path
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503: Huggingface_Hub, huggingface-hub -> huggingface-hub
+
+
+def _installed() -> dict[str, str]:
+    """{normalised distribution name: version} of everything installed in this environment."""
+    return {_normalise(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()
+            if d.metadata["Name"]}
 
 
 def _major_minor(version: str) -> tuple[int, int]:
@@ -120,14 +142,99 @@ _KNOWN_BAD = [
     ("torch", (2, 11), "the cookbook needs torch >= 2.11 (grouped-mm experts, torch.amp.GradScaler('cuda'))"),
     ("transformers", (5, 17), "DeepseekV3 training needs transformers >= 5.17 (earlier 4.x lacked a stable MLA path)"),
 ]
+_ROOT = Path(__file__).resolve().parents[1]  # the source checkout: requirements/ lives beside cookbook/
 
 
-def report():
-    """A table of the software and hardware this run sees, with warnings for known-bad combinations."""
+def pins_file(root: Path = _ROOT, python: tuple[int, int] | None = None) -> Path | None:
+    """The tested pins for this Python: requirements/constraints-py3XX.txt, else requirements/constraints.txt.
+
+    None when neither exists (a wheel install has no requirements/ folder).
+    """
+    major, minor = python or sys.version_info[:2]
+    for name in (f"constraints-py{major}{minor}.txt", "constraints.txt"):
+        if (root / "requirements" / name).is_file():
+            return root / "requirements" / name
+    return None
+
+
+def read_pins(path) -> dict[str, str]:
+    """{normalised package name: version} of the `name==version` lines of a constraints file.
+
+    Lines with an environment marker (`numpy==2.2.6; python_version < "3.11"`) count only where the marker
+    holds for this interpreter; comments, blank lines and pip options (`-c ...`) are skipped. A line that is
+    none of these raises, naming the file and line.
+    """
+    pins = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement as err:
+            raise ValueError(f"{path}, line {number}: not a requirement: {line!r} ({err})") from None
+        exact = [spec.version for spec in requirement.specifier if spec.operator in ("==", "===")]
+        if len(exact) != 1:
+            raise ValueError(f"{path}, line {number}: {line!r} is not an exact pin (name==version)")
+        if requirement.marker is None or requirement.marker.evaluate():
+            pins[_normalise(requirement.name)] = exact[0]
+    return pins
+
+
+def _required() -> set[str]:
+    """The cookbook's own dependencies (no extras) as installed metadata lists them; empty if not installed."""
+    try:
+        lines = importlib.metadata.requires("cookbook") or []
+    except importlib.metadata.PackageNotFoundError:
+        return set()
+    return {_normalise(r.name) for r in map(Requirement, lines) if r.marker is None or r.marker.evaluate({"extra": ""})}
+
+
+def _same(installed: str, pinned: str) -> bool:
+    """Equal as versions, ignoring the local build label (torch 2.13.0+cpu is the pinned 2.13.0)."""
+    try:
+        return Version(installed).public == Version(pinned).public
+    except InvalidVersion:
+        return installed == pinned
+
+
+def check_packages(pins: str | Path | None = None) -> pd.DataFrame:
+    """Each pinned package and each of the cookbook's own dependencies against the tested pins.
+
+    Index: package; columns: installed, pinned, status. Status is OK, MISMATCH (installed at another version),
+    MISSING (a dependency of the cookbook is not installed), MISSING (optional) (a pinned package of an extra
+    or of a tool is not installed: nothing needs it unless you use that extra) or UNPINNED (the pins file lacks
+    a dependency). `pins` is a constraints file, by default `pins_file()`; without one, status is empty.
+    """
+    path = Path(pins) if pins is not None else pins_file()
+    pinned = read_pins(path) if path else {}
+    installed, required = _installed(), _required()
+    rows = []
+    for name in sorted(required | set(pinned)):
+        have, want = installed.get(name, "not installed"), pinned.get(name, "")
+        if path is None:
+            status = ""
+        elif not want:
+            status = "UNPINNED"
+        elif name not in installed:
+            status = "MISSING" if name in required else "MISSING (optional)"
+        else:
+            status = "OK" if _same(have, want) else "MISMATCH"
+        rows.append((name, have, want, status))
+    return pd.DataFrame(rows, columns=["package", "installed", "pinned", "status"]).set_index("package")
+
+
+def report(*, pins: str | Path | None = None, every_package: bool = False) -> pd.DataFrame:
+    """The software and hardware this run sees, and each package checked against the tested pins.
+
+    Rows: the platform, then the cookbook's own dependencies and every package that is not as pinned
+    (`every_package=True`: all pinned packages); columns value, pinned and status (see `check_packages`).
+    `pins` is a constraints file, by default `pins_file()`. Warns on known-bad combinations. Shown in
+    notebooks/00 §1; `python -m cookbook report` prints it.
+    """
     rows = [
         ("python", platform.python_version()),
         ("platform", platform.platform()),
-        ("torch", torch.__version__),
         ("cuda (torch build)", torch.version.cuda or "none (CPU build)"),
         ("cudnn", str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none"),
         ("device", str(device())),
@@ -144,11 +251,21 @@ def report():
         ]
     else:
         rows += [("gpu", "none"), ("bf16 supported", "cpu autocast only")]
-    for package in ("transformers", "datasets", "tokenizers", "peft", "accelerate", "torchao"):
-        rows.append((package, _version(package)))
+    path = Path(pins) if pins is not None else pins_file()
+    if path is None:
+        rows.append(("pins", "none found (no requirements/ folder): versions are not checked"))
+    else:  # relative to the checkout, so a committed notebook shows no machine's absolute path
+        full = path.resolve()
+        rows.append(("pins", full.relative_to(_ROOT).as_posix() if full.is_relative_to(_ROOT) else str(path)))
+    packages = check_packages(path)
+    if not every_package:
+        packages = packages[packages.index.isin(_required()) | packages["status"].isin(["MISMATCH", "MISSING"])]
+    table = pd.concat([pd.DataFrame(rows, columns=["item", "value"]).set_index("item").assign(pinned="", status=""),
+                       packages.rename(columns={"installed": "value"}).rename_axis("item")])
 
+    installed = _installed()
     for package, minimum, why in _KNOWN_BAD:
-        found = _version(package)
-        if found != "not installed" and _major_minor(found) < minimum:
+        found = installed.get(package)
+        if found is not None and _major_minor(found) < minimum:
             warnings.warn(f"{package} {found}: {why}", stacklevel=2)
-    return pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
+    return table

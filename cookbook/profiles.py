@@ -5,6 +5,11 @@
 
     P = profile()
     P.train.steps, P.data.seq_len, P.model.name
+
+`full` is sized for a short GPU window (the whole series in minutes on one H200). With more GPU time, scale
+its pretraining up: `COOKBOOK_SCALE=4` gives 4x the optimizer steps, 4x the evaluation interval (the same
+number of evaluations) and 4x the training-token cap (the same share of an epoch while the corpus is larger
+than the cap; the run reports its epochs).
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ import os
 
 import torch
 
-__all__ = ["PROFILES", "DataSizes", "MemorySizes", "ModelSizes", "MonitorSizes", "PrecisionSizes", "Profile",
-           "TrainSizes", "profile"]
+__all__ = ["PROFILES", "DataSizes", "DistillSizes", "LoraSizes", "MemorySizes", "ModelSizes", "MonitorSizes",
+           "PrecisionSizes", "Profile", "QuantSizes", "RobustSizes", "TrainSizes", "profile", "scaled"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +32,8 @@ class DataSizes:
     data_fraction: float  # share of the corpus the notebooks train on
     seq_len: int  # tokens per packed block
     semantic_sample: int  # texts embedded for semantic deduplication (notebook 01)
+    corpus: str = "stdlib"  # stdlib (the standard library) | environment (every installed .py, cleaned)
+    max_train_tokens: int | None = None  # cap on training tokens (blocks x seq_len); None: all of the split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +55,7 @@ class TrainSizes:
     eval_batches: int  # batches per validation pass
     precision: str  # fp32 | tf32 | bf16 | fp16
     moe_gamma: float  # MoE bias-balancing speed (DeepSeek-V3: 1e-3; short runs need a larger one)
+    warmup_fraction: float = 0.1  # share of the steps with a linear lr warm-up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +83,70 @@ class MonitorSizes:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraSizes:
+    """LoRA vs full fine-tuning on docstring -> function body (notebook 07)."""
+
+    examples: int  # training examples (prompt -> completion pairs)
+    eval_examples: int  # held-out examples, from other files
+    max_tokens: int  # longest prompt + completion kept
+    steps: int  # optimizer steps of each fine-tuning run
+    batch_size: int
+    lr: float  # peak learning rate of the adapters
+    full_lr: float  # peak learning rate of full fine-tuning
+    rank: int  # LoRA rank of the target comparison
+    ranks: tuple[int, ...]  # ranks of the rank sweep
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSizes:
+    """Knowledge distillation from the pretrained model into a smaller student (notebook 08)."""
+
+    student: str  # a name from cookbook.models.CONFIGS, smaller than the profile's model
+    steps: int  # optimizer steps of each student run
+    batch_size: int
+    lr: float
+    temperature: float  # softmax temperature of the soft targets
+    temperatures: tuple[float, ...]  # the temperature sweep
+    alpha: float  # weight of the distillation term (1 - alpha on the hard labels)
+    feature_weight: float  # weight of the hidden-state (FitNets) loss in the "soft + features" run
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustSizes:
+    """Adversarial robustness and DP-SGD on the digits CNN, embedding-space adversarial training (notebook 10)."""
+
+    batch_size: int  # images per batch
+    epochs: int  # training epochs of the digits CNN (standard and PGD-trained)
+    lr: float  # AdamW learning rate of the digits CNN (standard and PGD-trained)
+    eps: float  # L-inf radius in [0, 1] pixel units the PGD model trains at; the headline figures use it
+    eps_grid: tuple[float, ...]  # radii of the robustness curves
+    pgd_steps: int  # PGD steps of the evaluation attack
+    train_pgd_steps: int  # PGD steps inside adversarial training
+    eval_examples: int  # test images attacked per radius
+    lm_steps: int  # embedding-space adversarial fine-tuning steps of the code model (and of its clean control)
+    lm_eps: float  # embedding-perturbation radius, as a fraction of the mean token-embedding norm
+    lm_eval_batches: int  # validation batches of the embedding-robustness table
+    dp_epsilons: tuple[float, ...]  # DP-SGD privacy targets (the table adds eps = inf: no DP)
+    dp_epochs: int  # epochs of each DP-SGD run
+    dp_lr: float  # AdamW learning rate of the DP-SGD runs (noisy clipped gradients want a larger one)
+    accountant: str  # rdp (fast) | prv (tighter, Opacus's default, ~5x slower to compute)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSizes:
+    """Quantization, QAT and sparsity measured side by side (notebook 09)."""
+
+    eval_batches: int  # validation batches (train.batch_size x data.seq_len tokens) behind each perplexity
+    calibration_batches: int  # training batches that fix the static int8 activation scales
+    latency_batch: int  # sequences of data.seq_len tokens in each timed forward
+    repeats: int  # timed forwards per variant and device (the median is reported) ...
+    warmup: int  # ... after this many untimed ones
+    qat_steps: int  # fine-tuning steps of QAT and of its same-steps full-precision control
+    qat_lr: float  # peak learning rate of that fine-tuning
+    sparsities: tuple[float, ...]  # fractions of each weight matrix zeroed by magnitude pruning
+
+
+@dataclasses.dataclass(frozen=True)
 class Profile:
     """Every size of one run of the series, by section: `P.data`, `P.model`, `P.train`, `P.precision` ..."""
 
@@ -85,6 +157,11 @@ class Profile:
     precision: PrecisionSizes
     memory: MemorySizes
     monitor: MonitorSizes
+    lora: LoraSizes
+    distill: DistillSizes
+    robust: RobustSizes
+    quant: QuantSizes
+    scale: float = 1.0  # $COOKBOOK_SCALE: multiplies pretraining steps and the training-token cap
 
 
 PROFILES: dict[str, Profile] = {
@@ -94,15 +171,29 @@ PROFILES: dict[str, Profile] = {
         model=ModelSizes(name="smoke", sample_tokens=32),
         # CPUs without AVX512-BF16/AMX run bf16 autocast slower than fp32
         train=TrainSizes(steps=60, batch_size=8, lr=3e-3, eval_interval=20, eval_batches=4, precision="fp32",
-                         moe_gamma=1e-2),
+                         # a longer warm-up keeps the tiny routers from collapsing onto one expert early on
+                         moe_gamma=1e-2, warmup_fraction=0.3),
         precision=PrecisionSizes(formats=("fp32", "bf16"), steps=6),
         memory=MemorySizes(grad_accum=4, micro_batches=(1, 2, 4, 8), check_steps=6),
         monitor=MonitorSizes(model="tiny"),
+        # learning rates from a small sweep: LoRA 2e-3 / 5e-3 / 1e-2 / 2e-2, full 5e-4 / 1e-3
+        lora=LoraSizes(examples=320, eval_examples=48, max_tokens=160, steps=30, batch_size=8, lr=5e-3,
+                       full_lr=1e-3, rank=8, ranks=(4, 8, 16)),
+        distill=DistillSizes(student="tiny", steps=40, batch_size=8, lr=3e-3, temperature=2.0,
+                             temperatures=(1.0, 2.0, 4.0), alpha=0.5, feature_weight=1.0),
+        robust=RobustSizes(batch_size=64, epochs=8, lr=3e-3, eps=0.15, eps_grid=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3),
+                           pgd_steps=10, train_pgd_steps=3, eval_examples=200, lm_steps=12, lm_eps=0.5,
+                           lm_eval_batches=2, dp_epsilons=(1.0, 3.0, 8.0), dp_epochs=5, dp_lr=1e-2,
+                           accountant="rdp"),
+        quant=QuantSizes(eval_batches=4, calibration_batches=2, latency_batch=1, repeats=15, warmup=2, qat_steps=12,
+                         qat_lr=1e-3, sparsities=(0.2, 0.5, 0.8)),
     ),
     "full": Profile(
         name="full",
-        data=DataSizes(vocab_size=8192, tokenizer_fraction=1.0, data_fraction=1.0, seq_len=512,
-                       semantic_sample=20000),
+        # ~60M tokens of cleaned environment source on a machine with the cookbook installed; the cap keeps
+        # the pretraining run under one epoch (2000 steps x 32 x 512 = 33M tokens) and its tokenization short.
+        data=DataSizes(vocab_size=8192, tokenizer_fraction=0.1, data_fraction=1.0, seq_len=512,
+                       semantic_sample=20000, corpus="environment", max_train_tokens=48_000_000),
         model=ModelSizes(name="full", sample_tokens=96),
         train=TrainSizes(steps=2000, batch_size=32, lr=1e-3, eval_interval=200, eval_batches=20, precision="bf16",
                          moe_gamma=1e-3),
@@ -110,14 +201,55 @@ PROFILES: dict[str, Profile] = {
         # short check: float32 rounding differences grow chaotically over long runs
         memory=MemorySizes(grad_accum=4, micro_batches=(4, 8, 16, 32, 64), check_steps=20),
         monitor=MonitorSizes(model="full"),
+        # ~1400 test functions fit in 384 tokens: 800 for training (two epochs), 100 held out
+        lora=LoraSizes(examples=800, eval_examples=100, max_tokens=384, steps=100, batch_size=16, lr=2e-3,
+                       full_lr=3e-4, rank=16, ranks=(4, 8, 16)),
+        distill=DistillSizes(student="smoke", steps=300, batch_size=32, lr=2e-3, temperature=2.0,
+                             temperatures=(1.0, 2.0, 4.0), alpha=0.5, feature_weight=1.0),
+        # the digits are tiny: "full" buys more epochs, stronger attacks, the whole test split and the PRV accountant
+        robust=RobustSizes(batch_size=64, epochs=30, lr=3e-3, eps=0.15,
+                           eps_grid=(0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3), pgd_steps=20,
+                           train_pgd_steps=7, eval_examples=360, lm_steps=150, lm_eps=0.5, lm_eval_batches=8,
+                           dp_epsilons=(1.0, 3.0, 8.0), dp_epochs=30, dp_lr=1e-2,
+                           accountant="prv"),
+        quant=QuantSizes(eval_batches=20, calibration_batches=8, latency_batch=8, repeats=20, warmup=3, qat_steps=200,
+                         qat_lr=1e-4, sparsities=(0.2, 0.5, 0.8)),
     ),
 }
 
 
+def scaled(P: Profile, factor: float) -> Profile:
+    """`P` with `factor` x the pretraining steps, evaluation interval and training-token cap."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < float("inf"):
+        raise ValueError(f"scale must be a positive number (e.g. 4 for 4x the steps and tokens), got {factor!r}")
+    if factor == 1:
+        return P
+
+    def times(n: int) -> int:
+        return max(1, round(n * factor))
+
+    cap = P.data.max_train_tokens
+    return dataclasses.replace(
+        P, scale=P.scale * factor,
+        train=dataclasses.replace(P.train, steps=times(P.train.steps), eval_interval=times(P.train.eval_interval)),
+        data=dataclasses.replace(P.data, max_train_tokens=None if cap is None else times(cap)))
+
+
 def profile(name: str | None = None) -> Profile:
-    """The run profile: `name`, else $COOKBOOK_PROFILE, else `full` on a GPU and `smoke` on CPU."""
+    """The run profile: `name`, else $COOKBOOK_PROFILE, else `full` on a GPU and `smoke` on CPU.
+
+    $COOKBOOK_SCALE (a positive number, default 1) scales the pretraining run up or down (`scaled`).
+    """
     name = name or os.environ.get("COOKBOOK_PROFILE") or ("full" if torch.cuda.is_available() else "smoke")
     try:
-        return PROFILES[name]
+        P = PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}") from None
+    factor = os.environ.get("COOKBOOK_SCALE", "").strip()
+    if not factor:
+        return P
+    try:
+        value = float(factor)
+    except ValueError:
+        raise ValueError(f"COOKBOOK_SCALE={factor!r} is not a number; use e.g. COOKBOOK_SCALE=4") from None
+    return scaled(P, value)

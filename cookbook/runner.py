@@ -1,7 +1,8 @@
 """Run the notebook series headless and summarise it: `python -m cookbook run`.
 
 Each notebook records its headline figures with `record(name=value, ...)`; the runner collects them
-into `runs/<timestamp>/summary.md` next to the executed notebooks.
+into `runs/<timestamp>/summary.md` next to the executed notebooks. `python -m cookbook report` checks the
+environment against the tested pins.
 """
 
 from __future__ import annotations
@@ -14,16 +15,20 @@ import time
 from pathlib import Path
 
 import nbformat
+import zmq
+from jupyter_client import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from tqdm.auto import tqdm
+from traitlets.config import Config
 
-from cookbook.env import report
-from cookbook.profiles import profile
+from cookbook.env import check_packages, pins_file, report, runs_dir
+from cookbook.profiles import PROFILES, profile
 
-__all__ = ["main", "record", "run_notebooks"]
+__all__ = ["RUNS_ENV", "clean_outputs", "main", "record", "run_notebooks"]
 
 _RECORD_ENV = "COOKBOOK_RECORD_FILE"
+RUNS_ENV = "COOKBOOK_RUNS_DIR"  # the run's folder, for what a notebook writes (logs): runs/<timestamp>
 _recorded: dict[str, object] = {}
 
 
@@ -49,28 +54,69 @@ def _format(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def run_notebooks(notebooks: list[Path], out: Path, profile: str, timeout: int = 1800) -> list[dict]:
-    """Execute notebooks in order (a failure is reported and the others still run); write `out/summary.md`."""
+def _kernel_config() -> Config:
+    """Encrypt the kernel's ZeroMQ traffic with CurveZMQ keys where jupyter_client and pyzmq can (the kernelspec
+    of ipykernel >= 7.3 declares support). Without it ipykernel >= 7.3 logs "Kernel is running over TCP without
+    encryption" on every start, once per notebook in the progress bar (ipython/ipykernel#1515 added the
+    warning; jupyter/enhancement-proposals#145 the encryption)."""
+    if "transport_encryption" in KernelManager.class_trait_names() and zmq.has("curve"):
+        return Config({"KernelManager": {"transport_encryption": "auto"}})
+    return Config()
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when it is inside it (shorter, and what `make run` users see)."""
+    full = path.resolve()
+    return full.relative_to(Path.cwd()).as_posix() if full.is_relative_to(Path.cwd()) else str(full)
+
+
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def clean_outputs(nb) -> None:
+    """Make an executed notebook fit to commit (DESIGN.md): no saved widget state, no progress-bar widgets.
+
+    Progress bars are transient: saved, they show as "Error displaying widget" or `HBox(...)` text once
+    their state is gone, so they are dropped; every other output stays as it was.
+    """
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if _WIDGET not in o.get("data", {})]
+
+
+def run_notebooks(notebooks: list[Path], out: Path, profile: str, timeout: int = 1800,
+                  inplace: bool = False) -> list[dict]:
+    """Execute notebooks in order (a failure is reported and the others still run); write `out/summary.md`.
+
+    Each kernel runs in its notebook's folder with COOKBOOK_PROFILE = `profile`, COOKBOOK_RUNS_DIR = `out` (so
+    logs a notebook writes land beside its executed copy) and the file `record()` writes to; the runner's own
+    environment is left as it was. Executed notebooks are cleaned (`clean_outputs`); `inplace=True` also
+    writes each one that ran without error back over its source (how the committed notebooks are made).
+    """
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for nb_path in tqdm(notebooks, desc=f"notebooks ({profile})", unit="nb"):
         figures_file = out / f"{nb_path.stem}.figures.json"
         figures_file.unlink(missing_ok=True)
-        os.environ[_RECORD_ENV] = str(figures_file.resolve())  # the kernel inherits our environment
-        os.environ["COOKBOOK_PROFILE"] = profile
+        env = {**os.environ, _RECORD_ENV: str(figures_file.resolve()), "COOKBOOK_PROFILE": profile,
+               RUNS_ENV: str(out.resolve())}
         nb = nbformat.read(nb_path, as_version=4)
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}})
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", config=_kernel_config(),
+                                resources={"metadata": {"path": str(nb_path.parent)}})
         start, status, error = time.perf_counter(), "ok", ""
         try:
-            client.execute()
+            client.execute(env=env)
         except (CellExecutionError, CellTimeoutError, RuntimeError) as exc:
             status = "FAILED"
             error = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
         seconds = time.perf_counter() - start
+        clean_outputs(nb)
         nbformat.write(nb, out / nb_path.name)
+        if inplace and status == "ok":
+            nbformat.write(nb, nb_path)
         figures = json.loads(figures_file.read_text()) if figures_file.exists() else {}
         rows.append(dict(notebook=nb_path.stem, status=status, seconds=round(seconds, 1), figures=figures, error=error))
-    os.environ.pop(_RECORD_ENV, None)
 
     lines = [f"# Notebook run — profile `{profile}`", "", "| notebook | status | seconds | headline figures |", "|---|---|---|---|"]
     for row in rows:
@@ -80,28 +126,55 @@ def run_notebooks(notebooks: list[Path], out: Path, profile: str, timeout: int =
     return rows
 
 
+def _report(show_all: bool, strict: bool) -> int:
+    """`python -m cookbook report`: the environment against the tested pins; 1 under --strict when it differs."""
+    pins = pins_file()
+    print(report(pins=pins, every_package=show_all).to_string())
+    if pins is None:
+        print("\nno requirements/ folder (not a source checkout): versions are not checked against tested pins")
+        return 0
+    packages = check_packages(pins)
+    counts = ", ".join(f"{n} {status}" for status, n in packages["status"].value_counts().items())
+    print(f"\n{len(packages)} packages against {_shown(pins)}: {counts}")
+    differ = list(packages.index[packages["status"].isin(["MISMATCH", "MISSING"])])
+    if differ:
+        print(f"not as tested: {', '.join(differ)}; install the tested versions with "
+              f"pip install -c {_shown(pins)} -e .")
+    return 1 if strict and differ else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cookbook", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the notebook series and write runs/<timestamp>/summary.md")
-    run.add_argument("--profile", default=None, help="smoke or full (default: $COOKBOOK_PROFILE, else by device)")
+    run.add_argument("--profile", default=None, choices=list(PROFILES),
+                     help="default: $COOKBOOK_PROFILE, else full with a GPU and smoke without")
     run.add_argument("--notebooks", default="notebooks", help="folder of numbered .ipynb files")
     run.add_argument("--match", default="", help="only notebooks whose name contains this text")
     run.add_argument("--out", default=None, help="output folder (default: runs/<timestamp>)")
-    sub.add_parser("report", help="print the environment report")
+    run.add_argument("--inplace", action="store_true",
+                     help="also write each notebook that ran without error back over its source (to commit it)")
+    check = sub.add_parser("report", help="the environment, each package marked OK / MISMATCH / MISSING against "
+                                          "the tested pins in requirements/")
+    check.add_argument("--all", action="store_true", help="list every pinned package, not only the cookbook's own")
+    check.add_argument("--strict", action="store_true",
+                       help="exit 1 when a package is installed at another version or a dependency is missing")
     args = parser.parse_args(argv)
 
     if args.command == "report":
-        print(report().to_string())
-        return 0
-    name = profile(args.profile).name
+        return _report(args.all, args.strict)
+    try:
+        name = profile(args.profile).name
+    except ValueError as err:  # $COOKBOOK_PROFILE names no profile
+        run.error(str(err))
     notebooks = sorted(p for p in Path(args.notebooks).glob("[0-9]*.ipynb") if args.match in p.name)
     if not notebooks:
         print(f"no notebooks matching {args.match!r} in {args.notebooks}", file=sys.stderr)
         return 2
-    out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    rows = run_notebooks(notebooks, out, name)
+    out = Path(args.out) if args.out else runs_dir(time.strftime("%Y%m%d-%H%M%S"))
+    rows = run_notebooks(notebooks, out, name, inplace=args.inplace)
     print((out / "summary.md").read_text())
+    print(f"executed notebooks, their figures and this summary: {_shown(out)}/")
     failed = [r["notebook"] for r in rows if r["status"] != "ok"]
     if failed:
         print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -27,11 +27,26 @@ def test_seed_rejects_bad_values(bad):
         env.seed_everything(bad)
 
 
-def test_device_is_cpu_without_accelerators():
-    if torch.cuda.is_available():
-        assert env.device().type == "cuda"
-    elif not torch.backends.mps.is_available():
-        assert env.device() == torch.device("cpu")
+def test_device_is_cuda_or_cpu_and_never_mps_unasked(monkeypatch):
+    monkeypatch.delenv("COOKBOOK_DEVICE", raising=False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)  # an Apple machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert env.device() == torch.device("cpu")  # MPS is opt-in: wrong losses are reported on it
+    monkeypatch.setenv("COOKBOOK_DEVICE", "mps")
+    assert env.device() == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("COOKBOOK_DEVICE")
+    assert env.device() == torch.device("cuda")
+
+
+def test_device_override_is_checked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("COOKBOOK_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="valid: cuda, mps, cpu"):
+        env.device()
+    monkeypatch.setenv("COOKBOOK_DEVICE", "cuda")
+    with pytest.raises(ValueError, match="no cuda device"):
+        env.device()
 
 
 def test_cache_dir_honours_environment(tmp_path, monkeypatch):
@@ -44,11 +59,68 @@ def test_report_lists_the_stack():
         warnings.simplefilter("error")  # our pinned stack must not trip the known-bad warnings
         table = env.report()
     assert table.loc["torch", "value"] == torch.__version__
-    for item in ("python", "cuda (torch build)", "gpu", "transformers", "datasets", "peft", "accelerate"):
+    for item in ("python", "cuda (torch build)", "gpu", "pins", "transformers", "datasets", "peft", "accelerate"):
         assert item in table.index
+    assert list(table.columns) == ["value", "pinned", "status"]
+    assert not table.loc["pins", "value"].startswith("/")  # no machine's absolute path in a committed notebook
 
 
 def test_report_warns_on_known_bad_versions(monkeypatch):
-    monkeypatch.setattr(env, "_version", lambda package: "4.40.0" if package == "transformers" else "9.0")
+    installed = {**env._installed(), "transformers": "4.40.0"}
+    monkeypatch.setattr(env, "_installed", lambda: installed)
     with pytest.warns(UserWarning, match="transformers 4.40.0"):
         env.report()
+
+
+def test_read_pins(tmp_path):
+    path = tmp_path / "constraints-py312.txt"
+    path.write_text("# tested pins\n\n-c other.txt\nHuggingface_Hub==1.2.3  # normalised name\n"
+                    "numpy==2.2.6; python_version < '3.0'\nnumpy==2.4.6; python_version >= '3.0'\ntorch==2.13.0+cpu\n")
+    assert env.read_pins(path) == {"huggingface-hub": "1.2.3", "numpy": "2.4.6", "torch": "2.13.0+cpu"}
+    for line, match in (("numpy>=2", "line 1: 'numpy>=2' is not an exact pin"), ("numpy = 2", "line 1: not a requirement")):
+        path.write_text(line + "\n")
+        with pytest.raises(ValueError, match=match):
+            env.read_pins(path)
+
+
+def test_pins_file_for_this_python(tmp_path):
+    assert env.pins_file(tmp_path) is None  # no requirements/ folder: a wheel install
+    (tmp_path / "requirements").mkdir()
+    (tmp_path / "requirements" / "constraints.txt").write_text("")
+    (tmp_path / "requirements" / "constraints-py312.txt").write_text("")
+    assert env.pins_file(tmp_path, (3, 12)).name == "constraints-py312.txt"
+    assert env.pins_file(tmp_path, (3, 11)).name == "constraints.txt"  # the fallback
+
+
+def test_check_packages_marks_each_status(tmp_path, monkeypatch):
+    installed = {"torch": "2.13.0+cpu", "numpy": "2.4.6", "pandas": "3.1.1", "extra-tool": "1.0"}
+    monkeypatch.setattr(env, "_installed", lambda: installed)
+    monkeypatch.setattr(env, "_required", lambda: {"torch", "numpy", "pandas", "tqdm"})
+    pins = tmp_path / "constraints.txt"
+    pins.write_text("torch==2.13.0\nnumpy==2.2.6\ntqdm==4.70.1\nextra-tool==1.0\ntensorboard==2.20.0\n")
+    status = env.check_packages(pins)["status"].to_dict()
+    assert status == {"extra-tool": "OK", "numpy": "MISMATCH", "pandas": "UNPINNED", "tensorboard": "MISSING (optional)",
+                      "torch": "OK",  # 2.13.0+cpu is the pinned 2.13.0 (a build label, not another version)
+                      "tqdm": "MISSING"}
+    shown = env.report(pins=pins)
+    assert set(shown.index) >= {"torch", "numpy", "pandas", "tqdm"} and "tensorboard" not in shown.index
+    assert "extra-tool" not in shown.index  # an optional package as pinned: counted, not listed
+    assert {"tensorboard", "extra-tool"} <= set(env.report(pins=pins, every_package=True).index)
+
+
+def test_runs_dir_is_one_folder_at_the_project_root(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")  # where a notebook kernel runs
+    monkeypatch.delenv("COOKBOOK_RUNS_DIR", raising=False)
+    assert env.runs_dir("06_monitoring") == tmp_path / "runs" / "06_monitoring"
+    assert (tmp_path / "runs" / "06_monitoring").is_dir() and not (tmp_path / "notebooks" / "runs").exists()
+    monkeypatch.setenv("COOKBOOK_RUNS_DIR", str(tmp_path / "elsewhere"))
+    assert env.runs_dir("x") == tmp_path / "elsewhere" / "x"
+
+
+def test_setup_prints_profile_device_seed_and_commit(capsys):
+    P = env.setup(seed=3, profile_name="smoke")
+    line = capsys.readouterr().out
+    assert P.name == "smoke" and line.startswith("profile smoke · device cpu · seed 3 · commit ")
+    assert torch.initial_seed() == 3

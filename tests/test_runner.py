@@ -1,7 +1,9 @@
 import json
+import os
 
 import nbformat
 import pytest
+import torch
 
 from cookbook import runner
 
@@ -27,22 +29,73 @@ def test_record_writes_the_runner_file(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "f.json").read_text())["steps"] == 3
 
 
-def test_run_continues_after_a_failure_and_summarises(tmp_path, capsys):
+def test_run_continues_after_a_failure_and_summarises(tmp_path, capfd, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     nbs = tmp_path / "nbs"
     nbs.mkdir()
     _notebook(nbs / "00_ok.ipynb", "from cookbook.runner import record\nrecord(answer=42, loss=0.123456)")
     _notebook(nbs / "01_fail.ipynb", "raise RuntimeError('boom')")
-    _notebook(nbs / "02_ok.ipynb", "import os\nassert os.environ['COOKBOOK_PROFILE'] == 'smoke'")
+    out = tmp_path / "out"
+    # the kernel sees the profile and the run's folder (where a notebook's logs go), and runs in its notebook's folder
+    _notebook(nbs / "02_ok.ipynb", "import os, pathlib\nassert os.environ['COOKBOOK_PROFILE'] == 'smoke'\n"
+                                   f"assert os.environ['COOKBOOK_RUNS_DIR'] == {str(out.resolve())!r}\n"
+                                   f"assert pathlib.Path.cwd() == pathlib.Path({str(nbs.resolve())!r})")
     (nbs / "README.ipynb").write_text("{}")  # unnumbered files are not part of the series
-    code = runner.main(["run", "--profile", "smoke", "--notebooks", str(nbs), "--out", str(tmp_path / "out")])
+    before = dict(os.environ)
+    code = runner.main(["run", "--profile", "smoke", "--notebooks", "nbs", "--out", "out"])
     assert code == 1  # one notebook failed
-    summary = (tmp_path / "out" / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
     assert "| 00_ok | ok |" in summary and "answer=42, loss=0.1235" in summary
     assert "| 01_fail | FAILED |" in summary and "boom" in summary
     assert "| 02_ok | ok |" in summary
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.ipynb")) == ["00_ok.ipynb", "01_fail.ipynb", "02_ok.ipynb"]
-    assert "01_fail" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.ipynb")) == ["00_ok.ipynb", "01_fail.ipynb", "02_ok.ipynb"]
+    printed = capfd.readouterr()
+    assert "executed notebooks, their figures and this summary: out/\n" in printed.out  # where they went
+    assert "01_fail" in printed.err
+    assert "without encryption" not in printed.err + printed.out  # ipykernel's TCP warning, once per kernel
+    assert dict(os.environ) == before  # the runner's own environment is left as it was
 
 
 def test_run_with_no_matching_notebooks(tmp_path):
     assert runner.main(["run", "--notebooks", str(tmp_path), "--match", "zzz"]) == 2
+
+
+def test_unknown_profile_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        runner.main(["run", "--profile", "smok", "--notebooks", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'smok' (choose from 'smoke', 'full')" in capsys.readouterr().err
+    monkeypatch.setenv("COOKBOOK_PROFILE", "smok")
+    with pytest.raises(SystemExit) as exit_:
+        runner.main(["run", "--notebooks", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m cookbook run") and "unknown profile 'smok'; valid profiles: smoke, full" in err
+
+
+def test_report_marks_packages_and_strict_fails_on_a_mismatch(tmp_path, capsys, monkeypatch):
+    pins = tmp_path / "constraints.txt"
+    pins.write_text(f"torch=={torch.__version__.split('+')[0]}\nnumpy==0.0.1\nno-such-package==1.0\n")
+    monkeypatch.setattr(runner, "pins_file", lambda: pins)
+    assert runner.main(["report"]) == 0  # a clear table, not a failure
+    out = capsys.readouterr().out
+    assert [line.split()[-1] for line in out.splitlines() if line.startswith(("torch ", "numpy "))] == [
+        "MISMATCH", "OK"]
+    assert "no-such-package" not in out  # an optional package that is not installed is only counted
+    assert "MISSING (optional)" in out and "not as tested: numpy" in out
+    assert runner.main(["report", "--strict"]) == 1
+    capsys.readouterr()
+    assert runner.main(["report", "--all"]) == 0
+    assert "no-such-package" in capsys.readouterr().out
+    pins.write_text(f"torch=={torch.__version__}\n")
+    assert runner.main(["report", "--strict"]) == 0  # torch as pinned; unpinned dependencies are not failures
+
+
+def test_clean_outputs_drops_widget_state_and_progress_widgets_only():
+    nb = nbformat.v4.new_notebook(metadata={"widgets": {"state": {"x": 1}}})
+    bar = nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "m"},
+                                                       "text/plain": "HBox(children=(...))"})
+    text = nbformat.v4.new_output("stream", name="stdout", text="loss 1.0\n")
+    nb.cells = [nbformat.v4.new_code_cell("x", outputs=[bar, text]), nbformat.v4.new_markdown_cell("m")]
+    runner.clean_outputs(nb)
+    assert "widgets" not in nb.metadata and nb.cells[0].outputs == [text]

@@ -6,13 +6,14 @@ carries over to the real checkpoints; only the widths, depths and expert counts 
 
 from __future__ import annotations
 
-import pandas as pd
+import numbers
+
 import torch
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from cookbook.planning import count_params
 
-__all__ = ["CONFIGS", "build", "build_dense", "config", "dense_config", "expert_load"]
+__all__ = ["CONFIGS", "build", "build_dense", "config", "dense_config"]
 
 # Shared by every size: DeepSeek-V3's choices (sigmoid router with top-k normalisation, one shared
 # expert, first layer(s) dense, interleaved RoPE on a separate rope head dim), scaled down.
@@ -56,9 +57,12 @@ def config(name: str, vocab_size: int, **overrides) -> DeepseekV3Config:
     """The `DeepseekV3Config` of a named size (see `CONFIGS`), with optional field overrides."""
     if name not in CONFIGS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(CONFIGS)}")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral):
+        raise TypeError(f"vocab_size must be an int (how many token ids the model embeds), got "
+                        f"{type(vocab_size).__name__}; for a tokenizer pass len(tokenizer)")
     if vocab_size < 2:
         raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
-    return DeepseekV3Config(vocab_size=vocab_size, **{**_COMMON, **CONFIGS[name], **overrides})
+    return DeepseekV3Config(vocab_size=int(vocab_size), **{**_COMMON, **CONFIGS[name], **overrides})
 
 
 def build(name: str, vocab_size: int, *, seed: int | None = 0, **overrides) -> DeepseekV3ForCausalLM:
@@ -98,40 +102,3 @@ def build_dense(moe: DeepseekV3Config, *, seed: int | None = 0) -> LlamaForCausa
     if seed is not None:
         torch.manual_seed(seed)
     return LlamaForCausalLM(dense_config(moe))
-
-
-@torch.no_grad()
-def expert_load(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-    """Tokens routed to each expert, per MoE layer, for one batch: a DataFrame (layers x experts).
-
-    Each token counts once for each of its top-k experts, so every row sums to tokens x k.
-    """
-    routers = [(name, m) for name, m in model.named_modules() if type(m).__name__.endswith("TopkRouter")]
-    if not routers:
-        raise ValueError("the model has no MoE router (is it a dense model?)")
-    counts: dict[str, torch.Tensor] = {}
-
-    def hook(name, n_experts):
-        def record(_module, _inputs, output):
-            indices = output[2]  # router returns (logits, top-k weights, top-k indices)
-            if attention_mask is not None:
-                indices = indices[attention_mask.reshape(-1).bool()]
-            counts[name] = torch.bincount(indices.reshape(-1), minlength=n_experts).cpu()
-
-        return record
-
-    handles = [m.register_forward_hook(hook(name, m.num_experts)) for name, m in routers]
-    was_training = model.training
-    try:
-        model.eval()
-        model(input_ids=input_ids, attention_mask=attention_mask)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    layers = [name.split(".mlp.")[0].replace("model.layers.", "layer ") for name, _ in routers]
-    return pd.DataFrame(
-        torch.stack([counts[name] for name, _ in routers]).numpy(),
-        index=pd.Index(layers, name="layer"),
-        columns=pd.Index(range(routers[0][1].num_experts), name="expert"),
-    )

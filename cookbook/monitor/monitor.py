@@ -23,9 +23,7 @@ writes the last row to the logs (the Trainer calls it for you).
 from __future__ import annotations
 
 import math
-import re
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -35,7 +33,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cookbook import checkpoint
+from cookbook.checks import positive_int
+from cookbook.models import LoadCounter, routers
+from cookbook.monitor.guard import NonFiniteError, save_last_good
+from cookbook.monitor.history import History
 from cookbook.monitor.live import LiveView
 from cookbook.monitor.rules import (
     ALERT_KINDS,
@@ -48,45 +49,19 @@ from cookbook.monitor.rules import (
     Vanishing,
 )
 from cookbook.monitor.sinks import CsvSink, JsonlSink, TensorBoardSink, sample_hardware
+from cookbook.monitor.stats import GradientStats, layer_of
 
-__all__ = ["NonFiniteError", "TrainingAlertWarning", "TrainingMonitor", "layer_of"]
+__all__ = ["TrainingAlertWarning", "TrainingMonitor"]
 
 
 class TrainingAlertWarning(UserWarning):
     """The warning category of monitor alerts (filter it with `warnings.simplefilter`)."""
 
 
-class NonFiniteError(RuntimeError):
-    """Training hit a NaN/inf loss or gradient; `checkpoint` is the last good state saved (or None)."""
-
-    def __init__(self, message: str, checkpoint: Path | None = None):
-        super().__init__(message)
-        self.checkpoint = checkpoint
-
-
-_LAYER_INDEX = re.compile(r"^(.*?\b(?:layers|layer|h|blocks)\.\d+)\.([^.]+)")
-
-
-def layer_of(name: str) -> str:
-    """The layer a parameter belongs to, for per-layer statistics.
-
-    `model.layers.3.self_attn.q_proj.weight` -> `layers.3.self_attn`; norms of a block are merged
-    (`layers.3.norm`); anything else is its module path (`lm_head`, `net.4`).
-    """
-    path = name.rsplit(".", 1)[0] if "." in name else name
-    while path.startswith(("model.", "base_model.", "transformer.")):
-        path = path.split(".", 1)[1]
-    match = _LAYER_INDEX.match(path + ".")
-    if match:
-        block, part = match.groups()
-        return f"{block}.norm" if "norm" in part else f"{block}.{part}"
-    return path
-
-
 class TrainingMonitor:
     """Watches a training run's health; a `cookbook.train` callback and a helper for your own loop.
 
-    Rules (see `cookbook.alerts`; every threshold is an argument):
+    Rules (see `cookbook.monitor.rules`; every threshold is an argument):
       vanishing: a layer's (or the whole model's) gradient norm below `vanish_threshold` for
         `vanish_patience` consecutive steps (the guide's rule: < 1e-6 for 3 steps).
       exploding / loss_spike: z-score of log10(grad norm) / loss against the previous `spike_window` steps
@@ -96,12 +71,15 @@ class TrainingMonitor:
       nan: non-finite loss, or non-finite gradients without a GradScaler (with one, the scaler skips the
         step: counted as `skipped`, and `overflow` fires after `overflow_patience` skips in a row).
         Always stops: the last good weights are saved, then `NonFiniteError` is raised.
-      stalled: validation loss not below its best by `min_delta` for `patience` evaluations.
+      stalled: validation loss not below its best by `min_delta` for `patience` evaluations (the `Plateau`
+        rule, which the `EarlyStopping` callback also uses; `patience=None` turns it off).
       imbalance: an MoE layer's busiest expert above (1 + `imbalance_threshold`) x the fair share for
-        `imbalance_patience` consecutive logged steps (DeepSeek-V3's MaxVio).
+        `imbalance_patience` consecutive logged steps (DeepSeek-V3's MaxVio). Routed tokens are counted by
+        `cookbook.models.LoadCounter` in training forwards, padding (attention_mask 0) left out.
     `stop_on` lists the kinds that also stop training gracefully (`should_stop`; the Trainer obeys it).
-    Per-layer norms and update ratios are measured every `layer_every` steps (the update ratio keeps one
-    copy of the weights between two steps); the loss/gradient checks run every step with one host sync.
+    Per-layer norms and update ratios (`cookbook.monitor.stats`) are measured every `layer_every` steps (the
+    update ratio keeps one copy of the weights between two steps); the loss/gradient checks run every step
+    with one host sync.
     """
 
     def __init__(self, *, vanish_threshold: float = 1e-6, vanish_patience: int = 3, spike_window: int = 20,
@@ -116,8 +94,7 @@ class TrainingMonitor:
         unknown = sorted(set(self.stop_on) - set(ALERT_KINDS))
         if unknown:
             raise ValueError(f"unknown alert kind(s) in stop_on: {unknown}; valid kinds: {', '.join(ALERT_KINDS)}")
-        if isinstance(layer_every, bool) or not isinstance(layer_every, int) or layer_every < 1:
-            raise ValueError(f"layer_every must be a positive int, got {layer_every!r}")
+        positive_int("layer_every", layer_every)
         self.vanishing = Vanishing(vanish_threshold, vanish_patience)
         self.loss_spike = Spike("loss_spike", spike_window, spike_z, spike_floor, spike_min_points)
         # gradient norms are scored in decades; a spread below 0.1 decade (x1.26) is treated as 0.1
@@ -143,16 +120,10 @@ class TrainingMonitor:
 
         self.alerts: list[Alert] = []
         self.should_stop, self.stop_reason = False, ""
-        self._rows: dict[int, dict] = {}
-        self._layer_rows: dict[int, dict[str, float]] = {}
-        self._ratio_rows: dict[int, dict[str, float]] = {}
-        self._load_rows: list[dict] = []
-        self._pending: list[int] = []  # steps whose rows are not yet written to the sinks
-        self._params: list | None = None
-        self._snapshot: tuple[int, list[int], list[torch.Tensor]] | None = None
-        self._hooks: list = []
+        self.log = History(self.sinks)
+        self._stats: GradientStats | None = None
+        self._load: LoadCounter | None = None
         self._hooked = False
-        self._counts: dict[str, torch.Tensor] = {}
         self._last_step: int | None = None
         self._clock: float | None = None
         self._closed = False
@@ -184,11 +155,7 @@ class TrainingMonitor:
 
     def on_step_end(self, trainer, logs: dict) -> None:
         step = int(logs.get("step", trainer.step))
-        row = self._row(step)
-        for key, value in logs.items():  # the monitor's own per-step values win; the trainer's fill the rest
-            value = _scalar(value)
-            if value is not None and key not in row:
-                row[key] = value
+        self.log.add(step, logs, overwrite=False)  # the monitor's own per-step values win; the trainer's fill the rest
         self._log_step(step)
         self._sync_stop(trainer)
 
@@ -212,8 +179,8 @@ class TrainingMonitor:
         step = self._next_step() if step is None else int(step)
         n_before = len(self.alerts)
         self._observe(model, loss, step=step, optimizer=optimizer, scaler=scaler, lr=lr, trainer=None)
-        row = self._row(step)
-        row.update({k: _scalar(v) for k, v in extra.items() if _scalar(v) is not None})
+        self.log.add(step, extra)
+        row = self.log.row(step)
         now = time.perf_counter()
         if tokens is not None and self._clock is not None and now > self._clock:
             row["tokens_per_s"] = tokens / (now - self._clock)
@@ -226,7 +193,7 @@ class TrainingMonitor:
         step = (self._last_step or 0) if step is None else int(step)
         n_before = len(self.alerts)
         val_loss = float(val_loss)
-        row = self._row(step)
+        row = self.log.row(step)
         row["val_loss"], row["val_ppl"] = val_loss, math.exp(min(val_loss, 700.0))
         if not math.isfinite(val_loss):
             self._emit(Alert(step, "nan", val_loss, 0.0, "validation loss is not finite: the weights are "
@@ -234,7 +201,7 @@ class TrainingMonitor:
             self.should_stop, self.stop_reason = True, str(self.alerts[-1])
         elif self.plateau is not None:
             best_step = self.plateau.best_step
-            self._emit(self.plateau.update(step, val_loss, self._train_trend(best_step, step)))
+            self._emit(self.plateau.update(step, val_loss, self.log.train_trend(best_step, step)))
         if self.live is not None:
             self.live.update(self, force=True)
         return self.alerts[n_before:]
@@ -244,10 +211,10 @@ class TrainingMonitor:
         if self._closed:
             return
         self._closed = True
-        self._flush(final=True)
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks, self._hooked = [], False
+        self.log.flush(final=True)
+        if self._load is not None:
+            self._load.remove()
+        self._load, self._hooked = None, False
         for sink in self.sinks:
             sink.close()
         if self.live is not None:
@@ -257,23 +224,22 @@ class TrainingMonitor:
     @property
     def history(self):
         """One row per step: loss, grad_norm, lr, update_ratio, val_loss, hardware, trainer logs..."""
-        frame = pd.DataFrame([self._rows[s] for s in sorted(self._rows)])
-        return frame if len(frame) else pd.DataFrame(columns=["step", "loss", "grad_norm"])
+        return self.log.frame()
 
     @property
     def layer_grad_norms(self):
         """Per-layer gradient norms: steps x layers (model order)."""
-        return _wide(self._layer_rows)
+        return self.log.wide(self.log.layer_rows)
 
     @property
     def update_ratios(self):
         """Per-layer ||weight update|| / ||weight||: steps x layers (~1e-3 is the usual healthy scale)."""
-        return _wide(self._ratio_rows)
+        return self.log.wide(self.log.ratio_rows)
 
     @property
     def expert_load(self):
         """Tokens routed to each expert per MoE layer between logged steps: long DataFrame."""
-        return pd.DataFrame(self._load_rows, columns=["step", "layer", "expert", "tokens"])
+        return self.log.load_frame()
 
     def alerts_frame(self):
         """The alerts as a DataFrame (step, kind, value, threshold, message)."""
@@ -282,59 +248,28 @@ class TrainingMonitor:
     def summary(self) -> dict:
         """Alert counts by kind, steps seen and the stop reason: a run's health verdict."""
         counts = {kind: sum(a.kind == kind for a in self.alerts) for kind in ALERT_KINDS}
-        return {**counts, "steps": len(self._rows), "stopped": self.should_stop, "stop_reason": self.stop_reason}
+        return {**counts, "steps": len(self.log.rows), "stopped": self.should_stop, "stop_reason": self.stop_reason}
 
     # ------------------------------------------------------------------ internals
     def _next_step(self) -> int:
         return 0 if self._last_step is None else self._last_step + 1
 
-    def _row(self, step: int) -> dict:
-        if step not in self._rows:
-            self._rows[step] = {"step": step}
-            self._pending.append(step)
-        return self._rows[step]
-
     def _attach(self, model: torch.nn.Module) -> None:
         self._closed = False  # a closed monitor (trainer.fit() ended) records again when training resumes
-        if self._params is None:
-            self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-            if not self._params:
-                raise ValueError("the model has no trainable parameters to monitor")
-            names = [self.group(n) for n, _ in self._params]
-            self._groups = list(dict.fromkeys(names))
-            self._group_index = torch.tensor([self._groups.index(g) for g in names])
+        if self._stats is None:
+            self._stats = GradientStats(model, self.group)
         if self.track_experts and not self._hooked:
-            self._hooked = True
-            for name, module in model.named_modules():
-                if type(module).__name__.endswith("TopkRouter") and hasattr(module, "num_experts"):
-                    self._hooks.append(module.register_forward_hook(self._count_hook(name, module.num_experts)))
-
-    def _count_hook(self, name: str, n_experts: int):
-        layer = layer_of(name + ".x").rsplit(".", 1)[0]  # model.layers.3.mlp.gate -> layers.3
-
-        def hook(module, _inputs, output):
-            # Count training forwards only: not evaluation, and not the recomputation that gradient
-            # checkpointing runs inside backward (the autograd engine then has a current graph task).
-            if module.training and _graph_task() == -1:
-                counts = torch.bincount(output[2].reshape(-1), minlength=n_experts).detach()
-                self._counts[layer] = self._counts[layer] + counts if layer in self._counts else counts
-
-        return hook
-
-    def _group_sums(self, values: torch.Tensor, idx: list[int]) -> torch.Tensor:
-        """Sum of `values` (one per parameter in `idx`) within each layer group."""
-        index = self._group_index[idx].to(values.device)
-        return torch.zeros(len(self._groups), device=values.device).index_add_(0, index, values)
+            self._hooked = True  # looked for routers (a dense model has none)
+            if routers(model):  # counts every training forward, your own loop's too; padding is left out
+                self._load = LoadCounter(model, auto=True)
 
     def _observe(self, model, loss, *, step, optimizer, scaler, lr, trainer) -> None:
         """The per-step checks, with one host sync for loss + norms (needed to stop before a NaN update)."""
         self._attach(model)
-        self._flush()
+        self.log.flush()
         self._last_step = step
-        params = [p for _, p in self._params]
-        have = [i for i, p in enumerate(params) if p.grad is not None]
         loss_t = loss.detach().float().reshape(1) if torch.is_tensor(loss) else torch.tensor([float(loss)])
-        row = self._row(step)
+        row = self.log.row(step)
         lr = lr if lr is not None else _lr(optimizer)
         if lr is not None:
             row["lr"] = lr
@@ -342,20 +277,13 @@ class TrainingMonitor:
         scaling = isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
         if scaler is not None and hasattr(scaler, "get_scale"):
             row["scale"] = float(scaler.get_scale())  # the scale this step's backward used
-        if not have:  # no gradients yet: only the loss can be checked
-            row["loss"] = float(loss_t)
-            if not math.isfinite(row["loss"]):
-                self._nan(step, "loss", row["loss"], model, optimizer, trainer)
-            return
-        sq = _norms([params[i].grad for i in have]).square()
-        per_group = self._group_sums(sq, have).sqrt()
-        values = torch.cat([loss_t.to(sq.device), sq.sum().sqrt().reshape(1), per_group]).tolist()
-        loss_v, grad_norm = values[0], values[1]
-        present = set(self._group_index[have].tolist())
-        layer_norms = {g: values[2 + k] for k, g in enumerate(self._groups) if k in present}
-        row["loss"], row["grad_norm"] = loss_v, grad_norm
+        loss_v, grad_norm, layer_norms = self._stats.norms(loss_t)
+        row["loss"] = loss_v
         if not math.isfinite(loss_v):
             self._nan(step, "loss", loss_v, model, optimizer, trainer)
+        if grad_norm is None:  # no gradients yet: only the loss can be checked
+            return
+        row["grad_norm"] = grad_norm
         if not math.isfinite(grad_norm):
             if not scaling:
                 bad = [g for g, v in layer_norms.items() if not math.isfinite(v)]
@@ -363,7 +291,7 @@ class TrainingMonitor:
                           grad_norm, model, optimizer, trainer)
             row["skipped"] = True  # the scaler skips this step and lowers its scale: normal in fp16
             self._emit(self.overflow.update(step, True, row["scale"]))
-            self._snapshot = None  # no update happens, so no update ratio either
+            self._stats.skip_update()  # no update happens, so no update ratio either
             return
         if scaling:
             row["skipped"] = False
@@ -372,70 +300,41 @@ class TrainingMonitor:
             row["clipped"] = grad_norm > self.max_grad_norm
         layer_step = step % self.layer_every == 0
         if layer_step:
-            self._layer_rows[step] = layer_norms
-        self._update_ratio(step, params, have, layer_step)
+            self.log.layer_rows[step] = layer_norms
+        ratios = self._stats.update_ratios(step, snapshot=layer_step)
+        if ratios is not None and ratios[0] in self.log.rows:  # the update made after step `prev`
+            prev, overall, per_layer = ratios
+            self.log.rows[prev]["update_ratio"], self.log.ratio_rows[prev] = overall, per_layer
         self._emit(self.vanishing.update(step, {"(all)": grad_norm, **(layer_norms if layer_step else {})}))
         self._emit(self.loss_spike.update(step, loss_v))
         self._emit(self.diverging.update(step, loss_v))
         self._emit(self.exploding.update(step, grad_norm))
 
-    def _update_ratio(self, step: int, params: list, have: list[int], layer_step: bool) -> None:
-        """||w_new - w_old|| / ||w_old|| per layer, from the copy of the weights taken at the previous step."""
-        if self._snapshot is not None:
-            prev, idx, old = self._snapshot
-            with torch.no_grad():
-                diff = _norms(torch._foreach_sub([params[i].detach() for i in idx], old)).square()
-                base = _norms(old).square()
-                d, b = self._group_sums(diff, idx), self._group_sums(base, idx)
-                vals = torch.cat([d.sum().sqrt().reshape(1), b.sum().sqrt().reshape(1), d.sqrt(), b.sqrt()]).tolist()
-            n, seen = len(self._groups), set(self._group_index[idx].tolist())
-            if vals[1] > 0 and prev in self._rows:
-                self._rows[prev]["update_ratio"] = vals[0] / vals[1]
-                self._ratio_rows[prev] = {g: vals[2 + k] / vals[2 + n + k] for k, g in enumerate(self._groups)
-                                          if k in seen and vals[2 + n + k] > 0}
-            self._snapshot = None
-        if layer_step:
-            with torch.no_grad():
-                self._snapshot = (step, have, [params[i].detach().clone() for i in have])
-
     def _log_step(self, step: int) -> None:
         """Per logged step: expert load, hardware and the live view."""
-        if self._counts:
-            loads = {layer: c.tolist() for layer, c in self._counts.items()}
-            self._counts = {}
-            for layer, counts in loads.items():
-                self._load_rows += [dict(step=step, layer=layer, expert=e, tokens=c) for e, c in enumerate(counts)]
+        counts = self._load.take().tolist() if self._load is not None else []
+        if any(map(any, counts)):  # tokens were routed since the last logged step
+            loads = dict(zip(self._load.layers, counts, strict=True))
+            self.log.add_load(step, loads)
             worst, alert = self.imbalance.update(step, loads)
-            self._row(step)["max_vio"] = worst
+            self.log.row(step)["max_vio"] = worst
             self._emit(alert)
         if self.hardware:
-            self._row(step).update(sample_hardware())
+            self.log.row(step).update(sample_hardware())
         if self.live is not None:
             self.live.update(self)
 
     def _nan(self, step, what, value, model, optimizer, trainer) -> None:
-        where = self.checkpoint_dir or (self.log_dir / "last-good" if self.log_dir else
-                                        Path(tempfile.mkdtemp(prefix="cookbook-last-good-")))
-        saved, note = None, ""
-        if not all(bool(torch.isfinite(p).all()) for _, p in self._params):
-            note = "; the weights were already non-finite (an earlier update), so nothing was saved"
-        else:
-            path = Path(where) / f"last-good-step-{step - 1}.safetensors"
-            try:
-                if trainer is not None:  # the trainer's checkpoint also holds its schedule, scaler and data position
-                    saved = trainer.save_checkpoint(path)
-                else:
-                    saved = checkpoint.save(path, model, optimizer, state={"step": step - 1})
-            except Exception as exc:  # still stop: a failed save must not hide the NaN
-                note = f"; saving the last good state failed: {exc!r}"
+        folder = self.checkpoint_dir or (self.log_dir / "last-good" if self.log_dir else None)
+        saved, note = save_last_good(folder, step - 1, model, optimizer, trainer, self._stats.weights_finite())
         message = (f"non-finite {what} ({value}) at step {step}: training stopped before the update"
-                   + (f"; the last good state (after step {step - 1}) is saved at {saved}" if saved else note))
+                   + (f"; the last good state (after step {step - 1}) is saved at {saved}" if saved else f"; {note}"))
         self._emit(Alert(step, "nan", float(value), 0.0, message))
         self.should_stop, self.stop_reason = True, message
         if trainer is not None:
             trainer.should_stop, trainer.stop_reason = True, message
         self.close()
-        raise NonFiniteError(message, Path(saved) if saved else None)
+        raise NonFiniteError(message, saved)
 
     def _emit(self, alert: Alert | None) -> None:
         if alert is None:
@@ -452,28 +351,8 @@ class TrainingMonitor:
         if self.should_stop and not trainer.should_stop:
             trainer.should_stop, trainer.stop_reason = True, self.stop_reason
 
-    def _train_trend(self, start, end) -> float:
-        """Mean training loss near `end` minus near `start` (negative: still falling)."""
-        losses = [(s, r["loss"]) for s, r in self._rows.items() if "loss" in r and math.isfinite(r["loss"])]
-        if start is None or len(losses) < 4:
-            return 0.0
-        span = max(2, (end - start) // 4)
-        a = [v for s, v in losses if abs(s - start) <= span]
-        b = [v for s, v in losses if abs(s - end) <= span]
-        return (sum(b) / len(b) - sum(a) / len(a)) if a and b else 0.0
-
-    def _flush(self, final: bool = False) -> None:
-        """Write finished rows (every step before the newest) to the sinks."""
-        keep = [] if final or not self._pending else [self._pending[-1]]
-        for step in self._pending:
-            if step not in keep:
-                for sink in self.sinks:
-                    sink.write(self._rows[step], self._layer_rows.get(step, {}))
-        self._pending = keep
-
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
-_graph_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)
 
 
 def _caller_level() -> int:
@@ -485,39 +364,8 @@ def _caller_level() -> int:
     return level
 
 
-def _scalar(value):
-    """A plain Python number for one-element tensors / numpy scalars / numbers; None for anything else."""
-    if isinstance(value, (bool, int, float)):
-        return value
-    if (torch.is_tensor(value) and value.numel() == 1) or (hasattr(value, "item") and getattr(value, "size", 0) == 1):
-        return value.item()
-    return None
-
-
-def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """L2 norm of each tensor, in one fused call where torch has it."""
-    tensors = [t.to_dense() if t.is_sparse else t for t in tensors]
-    if hasattr(torch, "_foreach_norm"):
-        by_device: dict = {}
-        for i, t in enumerate(tensors):
-            by_device.setdefault(t.device, []).append(i)
-        out = [None] * len(tensors)
-        for idx in by_device.values():
-            for i, n in zip(idx, torch._foreach_norm([tensors[i] for i in idx]), strict=True):
-                out[i] = n
-        device = tensors[0].device
-        return torch.stack([n.float().to(device) for n in out])
-    return torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])
-
-
 def _lr(optimizer) -> float | None:
     if optimizer is None or not optimizer.param_groups:
         return None
     lr = optimizer.param_groups[0].get("lr")
     return float(lr) if lr is not None else None
-
-
-def _wide(rows: dict[int, dict[str, float]]):
-    frame = pd.DataFrame.from_dict(rows, orient="index")
-    frame.index.name = "step"
-    return frame.sort_index()

@@ -11,9 +11,12 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from cookbook.checks import positive_int
+import torch
 
-__all__ = ["ALERT_KINDS", "Alert", "Divergence", "Imbalance", "Overflow", "Plateau", "Spike", "Vanishing", "max_violation"]
+from cookbook.checks import positive_int
+from cookbook.models import max_violation
+
+__all__ = ["ALERT_KINDS", "Alert", "Divergence", "Imbalance", "Overflow", "Plateau", "Spike", "Vanishing"]
 
 ALERT_KINDS = ("nan", "vanishing", "exploding", "loss_spike", "diverging", "overflow", "stalled", "imbalance")
 
@@ -145,11 +148,24 @@ class Divergence:
 
 
 class Plateau:
-    """Early stopping: validation loss not below its best by `min_delta` for `patience` evaluations."""
+    """Early stopping: validation loss not below its best by `min_delta` for `patience` evaluations.
+
+    The one rule behind the monitor's `stalled` alert and the `EarlyStopping` callback.
+    """
 
     def __init__(self, patience: int = 3, min_delta: float = 0.0):
-        self.patience, self.min_delta = positive_int("patience", patience), float(min_delta)
+        self.patience = positive_int("patience", patience)
+        if not min_delta >= 0:
+            raise ValueError(f"min_delta must be >= 0, got {min_delta}")
+        self.min_delta = float(min_delta)
         self.best, self.best_step, self.bad = math.inf, None, 0
+
+    def state_dict(self) -> dict:
+        """The counter's state (best loss, its step, evaluations without improvement), for a resumed run."""
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step, self.bad = float(state["best"]), state["best_step"], int(state["bad"])
 
     def update(self, step: int, val_loss: float, train_trend: float = 0.0) -> Alert | None:
         """`train_trend` < 0 says the training loss kept falling meanwhile (then it is overfitting)."""
@@ -165,16 +181,6 @@ class Plateau:
                      f"{self.best_step}) for {self.bad} evaluations{why}; stop here and keep the best checkpoint")
 
 
-def max_violation(counts) -> float:
-    """DeepSeek-V3's MaxVio of one layer: (busiest expert's load - mean load) / mean load."""
-    counts = [float(c) for c in counts]
-    total = sum(counts)
-    if not counts or total <= 0:
-        return 0.0
-    mean = total / len(counts)
-    return max(counts) / mean - 1
-
-
 class Imbalance:
     """MoE load imbalance: the worst layer's MaxVio above `threshold` for `patience` logged steps in a row."""
 
@@ -188,7 +194,8 @@ class Imbalance:
         """`loads`: tokens (or shares) per expert for each layer; returns (worst MaxVio, alert or None)."""
         if not loads:
             return 0.0, None
-        vio = {layer: max_violation(counts) for layer, counts in loads.items()}
+        vio = {layer: max_violation(torch.as_tensor(counts, dtype=torch.float64)).item()
+               for layer, counts in loads.items()}
         worst = max(vio, key=vio.get)
         over = vio[worst] > self.threshold
         self.run, self.clear = (self.run + 1, 0) if over else (0, self.clear + 1)

@@ -60,10 +60,10 @@ def activation_memory(config, micro_batch: int, seq_len: int, *, checkpointing: 
 def _largest_layer(config) -> int:
     """Parameters of the biggest decoder layer: what ZeRO-3 gathers onto each GPU at a time."""
     sizes: dict[str, int] = {}
-    for name, shape in _inventory(config)[0]:
-        if name.startswith("model.layers."):
-            layer = name.split(".")[2]
-            sizes[layer] = sizes.get(layer, 0) + math.prod(shape)
+    for p in _inventory(config)[0]:
+        if p.name.startswith("model.layers."):
+            layer = p.name.split(".")[2]
+            sizes[layer] = sizes.get(layer, 0) + math.prod(p.shape)
     return max(sizes.values(), default=0)
 
 

@@ -191,16 +191,38 @@ def _ticks(ax, labels, axis: str, most: int = 12) -> None:
     getattr(ax, f"set_{axis}ticks")(positions, [labels[i] for i in positions], fontsize=7)
 
 
+def _not_numeric(frame) -> list:
+    return [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+
+
 def grad_norm_heatmap(layer_norms, *, vanish: float | None = 1e-6, title: str = "gradient norm per layer"):
     """Per-layer gradient norms (log10 colour) over steps; cells below `vanish` are painted red.
 
-    Takes `TrainingMonitor.layer_grad_norms` (steps x layers) or the monitor itself.
+    Takes `TrainingMonitor.layer_grad_norms` (steps x layers) or the monitor itself. A run history (a Trainer's
+    or a monitor's `history`) holds only the global norm: plot that with `grad_norms`. Shown in notebooks/06.
     """
     if hasattr(layer_norms, "layer_grad_norms"):
         layer_norms = layer_norms.layer_grad_norms
+    _check_layer_norms(layer_norms)
     fig, (ax,) = figure(height=max(3.0, 0.22 * max(1, layer_norms.shape[1]) + 1.2))
     _draw_layers(fig, ax, layer_norms, vanish, title)
     return _close(fig)
+
+
+def _check_layer_norms(layer_norms) -> None:
+    """A steps x layers frame of numbers, else a TypeError that says what to pass instead."""
+    expected = ("grad_norm_heatmap needs per-layer gradient norms, a steps x layers DataFrame: "
+                "TrainingMonitor.layer_grad_norms, or the TrainingMonitor itself")
+    if not isinstance(layer_norms, pd.DataFrame):
+        history = " A Trainer keeps only the global norm: plots.grad_norms(trainer.history)." if hasattr(
+            layer_norms, "history") else ""
+        raise TypeError(f"{expected}; got a {type(layer_norms).__name__}.{history}")
+    history_columns = {"step", "loss", "lr", "grad_norm"} & set(layer_norms.columns)
+    if history_columns or _not_numeric(layer_norms):
+        shown = ", ".join(map(str, list(layer_norms.columns)[:8]))
+        raise TypeError(f"{expected}; got a run history (columns {shown}). It has only the global norm: plot it "
+                        "with plots.grad_norms(history), or train with a TrainingMonitor callback and pass the "
+                        "monitor here for the per-layer view")
 
 
 def _draw_layers(fig, ax, layer_norms, vanish, title) -> None:
@@ -212,19 +234,45 @@ def _draw_layers(fig, ax, layer_norms, vanish, title) -> None:
     _ticks(ax, layer_norms.columns, "y", most=30)
 
 
+_LONG = ["step", "layer", "expert", "tokens"]
+
+
+def _load_of_history(frame) -> pd.DataFrame:
+    """A Trainer history's `expert_load` column (per step, a layers x experts array of token shares) in the long
+    form of `TrainingMonitor.expert_load`. The arrays carry no layer names: rows are MoE layers in model order."""
+    rows = frame[[isinstance(v, (np.ndarray, list, tuple)) for v in frame["expert_load"]]]
+    if rows.empty:
+        return pd.DataFrame(columns=_LONG)
+    loads = np.stack([np.atleast_2d(np.asarray(v, dtype=float)) for v in rows["expert_load"]])
+    steps, layers, experts = np.meshgrid(rows["step"].to_numpy(), np.arange(loads.shape[1]),
+                                         np.arange(loads.shape[2]), indexing="ij")
+    return pd.DataFrame({"step": steps.ravel(), "layer": [f"MoE layer {i}" for i in layers.ravel()],
+                         "expert": experts.ravel(), "tokens": loads.ravel()})
+
+
 def expert_load_heatmap(load, *, layer: str | None = None, title: str = "expert load"):
     """Expert load as a share of the fair load (1.0 = perfectly balanced; blue: idle, red: overloaded).
 
-    `load` is `models.expert_load(...)` (layers x experts), or `TrainingMonitor.expert_load` (long: step,
-    layer, expert, tokens): then one `layer` over steps (default: the most imbalanced), else layers x experts.
+    `load` is `models.expert_load(...)` (layers x experts); `TrainingMonitor.expert_load` (long: step, layer,
+    expert, tokens) or the monitor; or a Trainer's `history` (its `expert_load` column) or the Trainer. From a
+    run, one `layer` is shown over steps (default: the most imbalanced). Shown in notebooks/03 §5 and 04 §5.
     """
-    if hasattr(load, "expert_load") and not hasattr(load, "columns"):
-        load = load.expert_load
+    if hasattr(load, "history") and not isinstance(load, pd.DataFrame):
+        load = load.expert_load if hasattr(load, "expert_load") else load.history  # a monitor, or a Trainer
+    if isinstance(load, pd.DataFrame) and "expert_load" in load.columns:
+        load = _load_of_history(load)
+    elif isinstance(load, pd.DataFrame) and {"step", "loss"} & set(load.columns) and not set(_LONG) <= set(
+            load.columns):
+        load = pd.DataFrame(columns=_LONG)  # a dense model's history: nothing routed, say so in the panel
+    elif load is not None and not isinstance(load, pd.DataFrame):
+        raise TypeError("expert_load_heatmap needs models.expert_load(...) (layers x experts), "
+                        "TrainingMonitor.expert_load or a Trainer history with an expert_load column; "
+                        f"got a {type(load).__name__}")
     fig, (ax,) = figure()
     if load is None or len(load) == 0:
         _missing(ax, "expert load", getattr(load, "columns", []))
         return _close(fig)
-    if {"step", "layer", "expert", "tokens"} <= set(load.columns):
+    if set(_LONG) <= set(load.columns):
         if layer is None:  # the layer whose busiest expert is furthest above fair over the run
             table = load.groupby(["layer", "expert"])["tokens"].sum().unstack()
             layer = (table.max(axis=1) / table.mean(axis=1)).idxmax()
@@ -232,6 +280,9 @@ def expert_load_heatmap(load, *, layer: str | None = None, title: str = "expert 
             raise ValueError(f"no layer {layer!r} in the expert load; layers: {sorted(set(load['layer']))}")
         table = load[load["layer"] == layer].pivot(index="step", columns="expert", values="tokens")
         ylabel, title = "step", f"{title}: {layer}"
+    elif _not_numeric(load):
+        raise TypeError(f"expert_load_heatmap: a layers x experts load must be numbers; columns "
+                        f"{_not_numeric(load)} are not (long form needs the columns {', '.join(_LONG)})")
     else:
         table, ylabel = load, "layer"
     share = table.div(table.mean(axis=1), axis=0)

@@ -1,11 +1,17 @@
+import numpy as np
 import pytest
 import torch
 from transformers import DeepseekV3ForCausalLM, LlamaForCausalLM
 
 from cookbook import models
+from cookbook.data import tokenizer
 from cookbook.planning import count_params
 
 VOCAB = 512
+
+
+def _tokenizer():
+    return tokenizer.train(["def f(x):\n    return x + 1\n"] * 4, vocab_size=300)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +50,17 @@ def test_overrides_and_bad_names():
         models.config("huge", VOCAB)
     with pytest.raises(ValueError, match="vocab_size"):
         models.config("tiny", 0)
+    assert models.config("tiny", np.int64(VOCAB)).vocab_size == VOCAB  # len() of a numpy-backed vocabulary
+
+
+@pytest.mark.parametrize("make", [_tokenizer, lambda: 512.0, lambda: "512", lambda: True, lambda: None],
+                         ids=["tokenizer", "float", "str", "bool", "None"])
+def test_vocab_size_that_is_not_an_int_is_a_clear_type_error(make):
+    """The first mistake of many: `build("tiny", tok)` instead of `build("tiny", len(tok))`."""
+    bad = make()
+    with pytest.raises(TypeError, match=rf"vocab_size must be an int .* got {type(bad).__name__}; for a tokenizer "
+                                        r"pass len\(tokenizer\)"):
+        models.build("tiny", bad)
 
 
 def test_forward_loss_is_near_uniform_at_init(tiny):
@@ -71,37 +88,3 @@ def test_active_params_hand_count():
     moe_layers = cfg.num_hidden_layers - cfg.first_k_dense_replace
     assert parts["routed_experts"] == moe_layers * cfg.n_routed_experts * expert
     assert parts["active"] == parts["total"] - moe_layers * (cfg.n_routed_experts - cfg.num_experts_per_tok) * expert
-
-
-def test_expert_load_counts_every_routed_token(tiny):
-    x = torch.randint(0, VOCAB, (3, 20), generator=torch.Generator().manual_seed(1))
-    load = models.expert_load(tiny, x)
-    assert list(load.index) == ["layer 1"] and load.shape == (1, 8)
-    assert (load.sum(axis=1) == 3 * 20 * tiny.config.num_experts_per_tok).all()
-    # Cross-check against the router called directly on the same hidden states.
-    captured = {}
-
-    def grab(_module, _inputs, output):
-        captured["idx"] = output[2]
-
-    handle = tiny.model.layers[1].mlp.gate.register_forward_hook(grab)
-    tiny.eval()
-    with torch.no_grad():
-        tiny(input_ids=x)
-    handle.remove()
-    assert load.loc["layer 1"].tolist() == torch.bincount(captured["idx"].flatten(), minlength=8).tolist()
-
-
-def test_expert_load_respects_mask_and_training_mode(tiny):
-    x = torch.randint(0, VOCAB, (2, 10))
-    mask = torch.ones_like(x)
-    mask[1, 5:] = 0
-    tiny.train()
-    load = models.expert_load(tiny, x, attention_mask=mask)
-    assert tiny.training  # mode restored
-    assert load.to_numpy().sum() == 15 * tiny.config.num_experts_per_tok
-
-
-def test_expert_load_on_dense_model_is_an_error():
-    with pytest.raises(ValueError, match="no MoE router"):
-        models.expert_load(models.build_dense(models.config("tiny", VOCAB)), torch.zeros(1, 4, dtype=torch.long))

@@ -1,85 +1,166 @@
-"""DeepSeek-V3 load balancing: aux-loss-free bias updates and the sequence-wise auxiliary loss."""
+"""Mixture of experts: router discovery, load counting (padding left out), MaxVio, DeepSeek-V3's balancing."""
 
 import pytest
 import torch
 
-from cookbook import models
+from cookbook import models, train
 from cookbook.models import moe
+from cookbook.monitor import layer_of
+
+VOCAB = 128
 
 
 @pytest.fixture
 def tiny():
-    return models.build("tiny", 128, seed=0)
+    return models.build("tiny", VOCAB, seed=0)
 
 
-def _reference_aux(logits, indices, batch, seq_len, top_k):
-    """The paper's formula with explicit loops (independent of the vectorised implementation)."""
-    n = logits.shape[-1]
+def _reference_aux(logits, indices, mask):
+    """The paper's formula with explicit loops over each sequence's real tokens (independent of the vectorised code)."""
+    batch, seq_len = mask.shape
+    n, top_k = logits.shape[-1], indices.shape[-1]
     scores = torch.sigmoid(logits.double()).view(batch, seq_len, n)
     chosen = indices.view(batch, seq_len, top_k)
     total = 0.0
     for b in range(batch):
+        real = [t for t in range(seq_len) if mask[b, t]]
         loss = 0.0
         for i in range(n):
-            f_i = n / (top_k * seq_len) * sum(int(i in chosen[b, t].tolist()) for t in range(seq_len))
-            p_i = sum(float(scores[b, t, i] / scores[b, t].sum()) for t in range(seq_len)) / seq_len
+            f_i = n / (top_k * len(real)) * sum(int(i in chosen[b, t].tolist()) for t in real)
+            p_i = sum(float(scores[b, t, i] / scores[b, t].sum()) for t in real) / len(real)
             loss += f_i * p_i
         total += loss
     return total / batch
 
 
+def _padded_pair():
+    """The issue's batch: a 3-token and a 30-token sequence, right-padded to 30 (33 real tokens, 27 pads)."""
+    gen = torch.Generator().manual_seed(2)
+    return train.pad_batch([torch.randint(2, VOCAB, (n,), generator=gen).tolist() for n in (3, 30)])
+
+
+# ----------------------------------------------------------------------------- routers and labels
 def test_routers_found_only_in_moe_layers(tiny):
     found = moe.routers(tiny)
-    assert len(found) == tiny.config.num_hidden_layers - tiny.config.first_k_dense_replace
+    assert [name for name, _ in found] == ["model.layers.1.mlp.gate"]  # first_k_dense_replace=1: layer 0 is dense
     dense = models.build_dense(tiny.config)
     assert moe.routers(dense) == []
-    with pytest.raises(ValueError, match="no DeepSeek-style router"):
-        moe.LoadBalancer(dense)
+    for make in (moe.LoadCounter, moe.LoadBalancer):
+        with pytest.raises(ValueError, match="no MoE router"):
+            make(dense)
+
+
+def test_layers_are_named_as_in_the_monitor(tiny):
+    counter = moe.LoadCounter(tiny)
+    assert counter.layers == ["layers.1"]
+    # the monitor's per-layer statistics name the router's weights after the same block
+    assert layer_of("model.layers.1.mlp.gate.weight") == "layers.1.mlp"
+    smoke = models.build("smoke", VOCAB)
+    assert moe.LoadCounter(smoke).layers == ["layers.1", "layers.2", "layers.3"]
 
 
 def test_bad_hyperparameters_rejected(tiny):
     with pytest.raises(ValueError, match="gamma and alpha"):
         moe.LoadBalancer(tiny, gamma=-1.0)
+    with pytest.raises(ValueError, match="gamma and alpha"):
+        moe.LoadBalancer(tiny, alpha=-1e-4)
 
 
+# ----------------------------------------------------------------------------- MaxVio
+def test_max_violation_by_hand():
+    load = torch.tensor([[10.0, 10, 10, 10], [40.0, 0, 0, 0], [0.0, 0, 0, 0]])
+    assert moe.max_violation(load).tolist() == [0.0, 3.0, 0.0]  # (max - mean) / mean; no tokens: 0
+    one = moe.max_violation([70, 10, 10, 10])  # one layer: a 0-d tensor, the same type
+    assert torch.is_tensor(one) and one.dim() == 0 and one.item() == pytest.approx(1.8)
+
+
+# ----------------------------------------------------------------------------- sequence-wise auxiliary loss
 def test_sequence_aux_loss_matches_the_formula():
     torch.manual_seed(0)
     batch, seq_len, n, k = 3, 5, 8, 2
     logits = torch.randn(batch * seq_len, n)
     indices = torch.stack([torch.randperm(n)[:k] for _ in range(batch * seq_len)])
-    got = moe.sequence_aux_loss(logits, indices, batch, seq_len, k)
-    assert got.item() == pytest.approx(_reference_aux(logits, indices, batch, seq_len, k), rel=1e-6)
+    full = torch.ones(batch, seq_len)
+    got = moe.sequence_aux_loss(logits, indices, full)
+    assert got.item() == pytest.approx(_reference_aux(logits, indices, full), rel=1e-6)
+    padded = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    got = moe.sequence_aux_loss(logits, indices, padded)
+    assert got.item() == pytest.approx(_reference_aux(logits, indices, padded), rel=1e-6)
+
+
+def test_sequence_aux_loss_uses_each_sequences_real_length():
+    """A sequence's loss does not depend on how much padding follows it (the big-batch vs micro-batch case)."""
+    torch.manual_seed(1)
+    n, k = 8, 2
+    logits, indices = torch.randn(4, n), torch.stack([torch.randperm(n)[:k] for _ in range(4)])
+    alone = moe.sequence_aux_loss(logits, indices, torch.ones(1, 4))
+    pad_logits = torch.cat([logits, torch.randn(6, n)])  # 6 pad positions, routed to anything
+    pad_indices = torch.cat([indices, torch.zeros(6, k, dtype=torch.long)])
+    padded = moe.sequence_aux_loss(pad_logits, pad_indices, torch.tensor([[1] * 4 + [0] * 6]))
+    assert padded.item() == pytest.approx(alone.item(), rel=1e-6)
 
 
 def test_sequence_aux_loss_is_one_when_perfectly_balanced():
     # 4 experts, top-1, 4 tokens each sent to a different expert, all scores equal -> f_i = 1, P_i = 1/4.
     logits = torch.zeros(4, 4)
     indices = torch.arange(4).view(4, 1)
-    assert moe.sequence_aux_loss(logits, indices, 1, 4, 1).item() == pytest.approx(1.0)
+    assert moe.sequence_aux_loss(logits, indices, torch.ones(1, 4)).item() == pytest.approx(1.0)
     # Every token to expert 0 with equal scores: f_0 = 4, P = 1/4 -> loss = 1 as well (P carries the signal),
     # but with the score skewed toward the chosen expert the loss grows above 1.
     skewed = torch.tensor([[4.0, 0, 0, 0]]).repeat(4, 1)
-    assert moe.sequence_aux_loss(skewed, torch.zeros(4, 1, dtype=torch.long), 1, 4, 1).item() > 1.5
+    assert moe.sequence_aux_loss(skewed, torch.zeros(4, 1, dtype=torch.long), torch.ones(1, 4)).item() > 1.5
 
 
-def test_max_violation_by_hand():
-    load = torch.tensor([[10.0, 10, 10, 10], [40.0, 0, 0, 0]])
-    assert moe.max_violation(load).tolist() == [0.0, 3.0]
-
-
-def test_update_bias_is_gamma_times_sign(tiny):
-    balancer = moe.LoadBalancer(tiny, gamma=0.01)
-    balancer.counts[0] = torch.tensor([8.0, 2, 5, 5, 5, 5, 5, 5])  # mean 5: expert 0 over, 1 under, rest even
+# ----------------------------------------------------------------------------- counting
+def test_padding_is_not_counted(tiny):
+    """The issue's figure: 3 + 30 real tokens x top-2 = 66 routing slots, not 2 x 30 x 2 = 120."""
+    batch = _padded_pair()
+    balancer = moe.LoadBalancer(tiny)
+    with balancer.recording():
+        tiny(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert balancer.counts.sum().item() == 66
     balancer.update_bias()
-    expected = torch.tensor([-0.01, 0.01, 0, 0, 0, 0, 0, 0])
-    assert torch.equal(balancer.biases()[0], expected)
-    assert balancer.last_load[0, 0] == 8 and balancer.counts.sum() == 0  # counts reset for the next step
-    assert balancer.load_fraction()[0].sum().item() == pytest.approx(1.0)
+    assert balancer.last_load.sum().item() == 66
+    load = models.expert_load(tiny, batch["input_ids"], batch["attention_mask"])
+    assert load.to_numpy().sum() == 66
+    # an independent count: the router's choices for the real positions only, read off a plain hook
+    captured = {}
+    handle = tiny.model.layers[1].mlp.gate.register_forward_hook(lambda m, i, out: captured.update(idx=out[2]))
+    tiny.eval()
+    with torch.no_grad():
+        tiny(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    handle.remove()
+    real = captured["idx"][batch["attention_mask"].reshape(-1).bool()]
+    assert load.loc["layers.1"].tolist() == torch.bincount(real.reshape(-1), minlength=8).tolist()
+
+
+def test_mask_passed_positionally_is_found(tiny):
+    batch = _padded_pair()
+    counter = moe.LoadCounter(tiny)
+    with torch.no_grad(), counter.recording():
+        tiny(batch["input_ids"], batch["attention_mask"])  # forward(input_ids, attention_mask)
+    assert counter.counts.sum().item() == 66
+    with torch.no_grad(), counter.recording():
+        tiny(input_ids=batch["input_ids"])  # no mask: every position is a token
+    assert counter.counts.sum().item() == 66 + 120
+
+
+def test_decoding_with_a_cache_counts_the_new_tokens(tiny):
+    ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[0, 0] = 0  # a left-padded prompt
+    counter = moe.LoadCounter(tiny)
+    tiny.eval()
+    with torch.no_grad():
+        out = tiny(input_ids=ids[:, :5], attention_mask=mask[:, :5], use_cache=True)
+        with counter.recording():  # one new token per sequence; the mask spans the cached positions too
+            tiny(input_ids=ids[:, 5:], attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+    assert counter.counts.sum().item() == 2 * 2
 
 
 def test_counts_only_inside_recording(tiny):
     balancer = moe.LoadBalancer(tiny)
-    ids = torch.randint(0, 128, (2, 16))
+    ids = torch.randint(0, VOCAB, (2, 16))
     with torch.no_grad():
         tiny(input_ids=ids)  # outside recording: evaluation passes are not counted
         assert balancer.counts.sum() == 0
@@ -89,11 +170,37 @@ def test_counts_only_inside_recording(tiny):
     balancer.remove()
     with torch.no_grad(), balancer.recording():
         tiny(input_ids=ids)
-    assert balancer.counts.sum(-1).tolist() == [64.0]  # hooks removed: nothing more counted
+    assert balancer.counts.sum(-1).tolist() == [64]  # hooks removed: nothing more counted
+
+
+def test_auto_counter_counts_training_forwards_once_under_activation_checkpointing(tiny):
+    counter = moe.LoadCounter(tiny, auto=True)
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    tiny.eval()
+    with torch.no_grad():
+        tiny(input_ids=ids)  # evaluation: not counted
+    assert counter.counts.sum() == 0
+    tiny.activation_checkpointing_enable({"use_reentrant": False})
+    tiny.train()
+    tiny(input_ids=ids, labels=ids).loss.backward()  # recomputes the MoE layer's forward inside backward
+    assert counter.counts.sum().item() == 2 * 16 * 2
+    assert counter.take().sum().item() == 64 and counter.counts.sum() == 0  # take() starts again from zero
+    assert counter.frame(torch.ones(1, 8, dtype=torch.long)).index.tolist() == ["layers.1"]
+
+
+# ----------------------------------------------------------------------------- bias balancing
+def test_update_bias_is_gamma_times_sign(tiny):
+    balancer = moe.LoadBalancer(tiny, gamma=0.01)
+    balancer.counts[0] = torch.tensor([8, 2, 5, 5, 5, 5, 5, 5])  # mean 5: expert 0 over, 1 under, rest even
+    balancer.update_bias()
+    expected = torch.tensor([-0.01, 0.01, 0, 0, 0, 0, 0, 0])
+    assert torch.equal(balancer.biases()[0], expected)
+    assert balancer.last_load[0, 0] == 8 and balancer.counts.sum() == 0  # counts reset for the next step
+    assert balancer.load_fraction()[0].tolist() == pytest.approx([8 / 40, 2 / 40] + [5 / 40] * 6)
 
 
 def test_aux_loss_has_gradient_and_scales_with_alpha(tiny):
-    ids = torch.randint(0, 128, (2, 16))
+    ids = torch.randint(0, VOCAB, (2, 16))
     balancer = moe.LoadBalancer(tiny, alpha=1e-2)
     with balancer.recording():
         tiny(input_ids=ids)
@@ -103,6 +210,21 @@ def test_aux_loss_has_gradient_and_scales_with_alpha(tiny):
     router = balancer.routers[0][1]
     assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
     assert moe.LoadBalancer(tiny, alpha=0.0).aux_loss().item() == 0.0
+
+
+def test_aux_loss_of_a_padded_batch_is_that_of_its_sequences():
+    model = models.build("tiny", VOCAB, seed=0, experts_implementation="eager").double()  # grouped_mm: no float64
+    batch = _padded_pair()
+    balancer = moe.LoadBalancer(model, alpha=1.0)
+    with balancer.recording():
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    both = balancer.aux_loss().item()
+    alone = []
+    for i, n in enumerate((3, 30)):
+        with balancer.recording():
+            model(input_ids=batch["input_ids"][i : i + 1, :n])
+        alone.append(balancer.aux_loss().item())
+    assert both == pytest.approx(sum(alone) / 2, rel=1e-6)
 
 
 def _skew(model, ids):
@@ -119,7 +241,7 @@ def _skew(model, ids):
 
 def test_bias_updates_move_a_skewed_router_toward_uniform(tiny):
     torch.manual_seed(0)
-    ids = torch.randint(0, 128, (8, 32))
+    ids = torch.randint(0, VOCAB, (8, 32))
     _skew(tiny, ids)
     frozen = moe.LoadBalancer(tiny, gamma=0.0)
     with torch.no_grad(), frozen.recording():
@@ -146,10 +268,41 @@ def test_bias_updates_move_a_skewed_router_toward_uniform(tiny):
 def test_bias_disabled_zeroes_and_restores(tiny):
     router = moe.routers(tiny)[0][1]
     router.e_score_correction_bias.copy_(torch.arange(8.0))
-    ids = torch.randint(0, 128, (2, 16))
+    ids = torch.randint(0, VOCAB, (2, 16))
     with moe.bias_disabled(tiny):
         assert router.e_score_correction_bias.abs().sum() == 0
         plain = models.expert_load(tiny, ids)
     assert torch.equal(router.e_score_correction_bias, torch.arange(8.0))
     assert not models.expert_load(tiny, ids).equals(plain)  # a large bias changes the routing
     assert moe.max_violation(plain).shape == (1,)  # DataFrames are accepted too
+
+
+# ----------------------------------------------------------------------------- expert_load
+def test_expert_load_counts_every_routed_token(tiny):
+    x = torch.randint(0, VOCAB, (3, 20), generator=torch.Generator().manual_seed(1))
+    load = models.expert_load(tiny, x)
+    assert list(load.index) == ["layers.1"] and load.shape == (1, 8)
+    assert (load.sum(axis=1) == 3 * 20 * tiny.config.num_experts_per_tok).all()
+    # Cross-check against the router called directly on the same hidden states.
+    captured = {}
+    handle = tiny.model.layers[1].mlp.gate.register_forward_hook(lambda m, i, out: captured.update(idx=out[2]))
+    tiny.eval()
+    with torch.no_grad():
+        tiny(input_ids=x)
+    handle.remove()
+    assert load.loc["layers.1"].tolist() == torch.bincount(captured["idx"].flatten(), minlength=8).tolist()
+
+
+def test_expert_load_respects_mask_and_training_mode(tiny):
+    x = torch.randint(0, VOCAB, (2, 10))
+    mask = torch.ones_like(x)
+    mask[1, 5:] = 0
+    tiny.train()
+    load = models.expert_load(tiny, x, attention_mask=mask)
+    assert tiny.training and not tiny._forward_hooks and not tiny._forward_pre_hooks  # mode restored, hooks gone
+    assert load.to_numpy().sum() == 15 * tiny.config.num_experts_per_tok
+
+
+def test_expert_load_on_dense_model_is_an_error():
+    with pytest.raises(ValueError, match="no MoE router"):
+        models.expert_load(models.build_dense(models.config("tiny", VOCAB)), torch.zeros(1, 4, dtype=torch.long))

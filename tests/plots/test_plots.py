@@ -157,3 +157,49 @@ def test_dashboard_has_six_panels_and_returns_a_closed_figure():
     assert list(fig.axes[5].lines[0].get_ydata()) == pytest.approx(frame["max_vio"].tolist())
     assert fig._suptitle.get_text() == "run"
     assert not plt.fignum_exists(fig.number)  # closed: shown once in a notebook, not twice
+
+
+# ------------------------------------------------------------------------------------ a Trainer's history
+@pytest.fixture(scope="module")
+def trainer():
+    """A 3-step run of the tiny MoE model: its history has step, loss, grad_norm ... and expert_load arrays."""
+    import torch
+
+    from cookbook import models, train
+
+    ids = torch.randint(0, 96, (8, 16), generator=torch.Generator().manual_seed(0))
+    trainer = train.Trainer(models.build("tiny", 96, seed=0), train.loader([{"input_ids": x} for x in ids], 4, seed=0),
+                            config=train.TrainConfig(steps=3, log_interval=1, progress=False, device="cpu"))
+    trainer.fit()
+    return trainer
+
+
+def test_grad_norm_heatmap_of_a_history_says_what_to_pass(trainer):
+    for run, hint in ((trainer.history, r"plots\.grad_norms\(history\)"),
+                      (trainer, r"plots\.grad_norms\(trainer\.history\)")):
+        with pytest.raises(TypeError, match=rf"per-layer gradient norms.*layer_grad_norms.*{hint}"):
+            plots.grad_norm_heatmap(run)
+    with pytest.raises(TypeError, match="got a run history"):
+        plots.grad_norm_heatmap(pd.DataFrame({"layers.0": ["a"]}))  # not numbers
+
+
+def test_expert_load_heatmap_reads_a_trainer_history(trainer):
+    history = trainer.history
+    loads = np.stack(history["expert_load"].tolist()).astype(float)  # steps x MoE layers x experts, shares
+    assert loads.shape == (3, 1, 8)
+    fig = plots.expert_load_heatmap(history)
+    assert fig.axes[0].get_title() == "expert load: MoE layer 0"
+    by_hand = loads[:, 0, :] / loads[:, 0, :].mean(axis=1, keepdims=True)  # load / fair share, per step
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), by_hand)
+    np.testing.assert_allclose(plots.expert_load_heatmap(trainer).axes[0].images[0].get_array(), by_hand)
+
+
+def test_expert_load_heatmap_of_a_dense_history_or_a_wrong_type():
+    dense = pd.DataFrame({"step": [1, 2], "loss": [3.0, 2.0], "grad_norm": [1.0, 0.5]})
+    with pytest.warns(UserWarning, match="no expert load"):
+        fig = plots.expert_load_heatmap(dense)
+    assert texts(fig) == ["no expert load in this history"]
+    with pytest.raises(TypeError, match="models.expert_load.*got a list"):
+        plots.expert_load_heatmap([[1, 2], [3, 4]])
+    with pytest.raises(TypeError, match=r"columns \['expert'\] are not"):
+        plots.expert_load_heatmap(pd.DataFrame({"expert": ["a", "b"], "n": [1, 2]}))

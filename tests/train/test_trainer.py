@@ -4,12 +4,16 @@ import dataclasses
 import math
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
 from cookbook import checkpoint, env, models, profiles, train
+from cookbook.models import moe
+from cookbook.monitor import EarlyStopping, TrainingMonitor
 
 VOCAB = 96
+FIRST_LOSS, LAST_LOSS = 4.583266, 4.150949  # test_seeded_run_is_pinned: computed once, on CPU (torch 2.13)
 
 
 class _Blocks(torch.utils.data.Dataset):
@@ -41,22 +45,30 @@ def _flat_grad(model):
 
 
 # ----------------------------------------------------------------------------- accumulation
-def _grad_error(normalize):
-    """Relative gradient error of 3 accumulated micro-batches of different lengths vs the one big batch."""
-    model = models.build("tiny", VOCAB, seed=0, experts_implementation="eager").double()  # grouped_mm: no float64
+def _padded_micro_batches():
+    """3 right-padded micro-batches with very different numbers of target tokens, and their one big batch."""
     gen = torch.Generator().manual_seed(1)
-    lengths = [[30, 30], [5, 9], [17, 3]]  # micro-batches with very different numbers of target tokens
+    lengths = [[30, 30], [5, 9], [17, 3]]
     micro = [train.pad_batch([torch.randint(0, VOCAB, (n,), generator=gen).tolist() for n in pair])
              for pair in lengths]
-    width = max(max(pair) for pair in lengths)
     big = train.pad_batch([b["input_ids"][i, : int(b["attention_mask"][i].sum())].tolist()
                            for b in micro for i in range(2)])
-    assert big["input_ids"].shape == (6, width)
+    assert big["input_ids"].shape == (6, 30)
+    return micro, big
 
-    train.backward_micro_batches(model, [big], device="cpu")
+
+def _grad_error(normalize, alpha=None):
+    """Relative gradient error of the accumulated micro-batches vs the one big batch (float64).
+
+    With `alpha`, a LoadBalancer adds the sequence-wise auxiliary loss (weight alpha) to both.
+    """
+    model = models.build("tiny", VOCAB, seed=0, experts_implementation="eager").double()  # grouped_mm: no float64
+    balancer = moe.LoadBalancer(model, alpha=alpha) if alpha is not None else None
+    micro, big = _padded_micro_batches()
+    train.backward_micro_batches(model, [big], device="cpu", balancer=balancer)
     reference = _flat_grad(model).clone()
     model.zero_grad(set_to_none=True)
-    train.backward_micro_batches(model, micro, normalize=normalize, device="cpu")
+    train.backward_micro_batches(model, micro, normalize=normalize, device="cpu", balancer=balancer)
     return ((_flat_grad(model) - reference).norm() / reference.norm()).item()
 
 
@@ -83,8 +95,6 @@ def test_accumulated_loss_is_the_big_batch_mean():
 
 
 def test_accumulation_with_aux_loss_is_exact_for_equal_lengths():
-    from cookbook.models import moe
-
     blocks = _Blocks(6, 16).ids
     grads = []
     for parts in ([blocks], [blocks[:2], blocks[2:3], blocks[3:]]):
@@ -93,6 +103,14 @@ def test_accumulation_with_aux_loss_is_exact_for_equal_lengths():
         train.backward_micro_batches(model, parts, balancer=balancer, device="cpu")
         grads.append(_flat_grad(model))
     assert ((grads[1] - grads[0]).norm() / grads[0].norm()).item() <= 1e-6
+
+
+def test_accumulation_with_aux_loss_is_exact_for_padded_batches():
+    """The sequence-wise loss uses each sequence's real length, so padding no longer changes it (6.7e-3 before)."""
+    rounding = train.accumulation_error(models.build("tiny", VOCAB, seed=0, experts_implementation="eager").double(),
+                                        _padded_micro_batches()[0]).loc["tokens", "relative_gradient_error"]
+    error = _grad_error("tokens", alpha=0.1)
+    assert error < 1e-8 and error < 100 * max(rounding, 1e-12)
 
 
 def test_micro_batches_without_targets_are_rejected():
@@ -126,9 +144,13 @@ def test_cosine_schedule_by_hand():
 def test_config_rejects_bad_values():
     for bad, match in [(dict(precision="fp8"), "unknown precision"), (dict(steps=0), "steps"),
                        (dict(grad_accum=1.5), "grad_accum"), (dict(warmup_fraction=1.0), "warmup"),
-                       (dict(min_lr_ratio=2.0), "min_lr"), (dict(lr=0.0), "lr"), (dict(patience=0), "patience")]:
+                       (dict(min_lr_ratio=2.0), "min_lr"), (dict(lr=0.0), "lr"),
+                       (dict(router_lr_ratio=0.0), "router_lr_ratio > 0"), (dict(moe_gamma=-1e-3), "moe_gamma >= 0"),
+                       (dict(moe_alpha=-1e-4), "moe_alpha >= 0")]:
         with pytest.raises(ValueError, match=match):
             train.TrainConfig(**bad)
+    with pytest.raises(TypeError, match="patience"):  # early stopping is a callback now: monitor.EarlyStopping
+        train.TrainConfig(patience=3)
 
 
 def test_config_from_profile():
@@ -165,6 +187,44 @@ def test_training_reduces_loss_and_logs_history():
     assert (history["skipped"] == 0).all() and history["scale"].isna().all()  # no scaler outside fp16
 
 
+def test_a_dataset_instead_of_a_loader_is_a_clear_error():
+    blocks = datasets.Dataset.from_dict({"input_ids": _Blocks(8, 16).ids.tolist()})
+    model = models.build("tiny", VOCAB)
+    for name, args in [("train_loader", (blocks,)), ("val_loader", (_loader(), blocks)),
+                       ("train_loader", (_Blocks(8, 16),))]:  # a torch map-style Dataset yields examples too
+        with pytest.raises(TypeError, match=rf"{name} is a \w+, which yields single examples; .* "
+                                            r"cookbook.train.loader\(dataset, batch_size\)"):
+            train.Trainer(model, *args, config=_config())
+    single = [{"input_ids": torch.arange(16)}]  # any iterable of single examples: caught at the first batch
+    with pytest.raises(TypeError, match="input_ids as a 1-d tensor; the Trainer needs batches of shape"):
+        train.Trainer(model, single, config=_config()).fit()
+    with pytest.raises(TypeError, match="input_ids as a list"):
+        train.Trainer(model, [{"input_ids": [1, 2, 3]}], config=_config()).fit()
+
+
+def test_token_ids_beyond_the_vocabulary_name_both_sizes():
+    """A model built for a smaller vocabulary than the tokenizer's: a clear error, not a bare IndexError."""
+    model = models.build("tiny", 64)
+    with pytest.raises(ValueError, match=r"train_loader yielded token id 95, but the model embeds 64 tokens "
+                                         r"\(ids 0..63\): the tokenizer has at least 96 ids"):
+        train.Trainer(model, [{"input_ids": torch.full((2, 8), 95)}], config=_config()).fit()
+    val = [{"input_ids": torch.full((2, 8), 70)}]
+    trainer = train.Trainer(model, [{"input_ids": torch.zeros(2, 8, dtype=torch.long)}], val, config=_config())
+    with pytest.raises(ValueError, match="val_loader yielded token id 70, but the model embeds 64 tokens"):
+        trainer.evaluate()
+    with pytest.raises(ValueError, match="token id -1"):
+        train.Trainer(model, [{"input_ids": torch.full((2, 8), -1)}], config=_config()).fit()
+    with pytest.raises(TypeError, match="dtype torch.float32"):
+        train.Trainer(model, [{"input_ids": torch.zeros(2, 8)}], config=_config()).fit()
+
+
+def test_seeded_run_is_pinned():
+    """Regression tripwire: the first and last loss of a short seeded run of the tiny model on CPU."""
+    history = train.Trainer(models.build("tiny", VOCAB, seed=0), _loader(), config=_config(steps=6)).fit()
+    assert history["loss"].iloc[0] == pytest.approx(FIRST_LOSS, abs=1e-6)
+    assert history["loss"].iloc[-1] == pytest.approx(LAST_LOSS, abs=1e-6)
+
+
 def test_evaluate_matches_the_transformers_loss():
     model = models.build("tiny", VOCAB, seed=0)
     val = _loader(n=8, batch=8, seed=5, shuffle=False)
@@ -178,20 +238,57 @@ def test_evaluate_matches_the_transformers_loss():
         train.Trainer(model, _loader(), None, _config()).evaluate()
 
 
-def test_dense_model_trains_without_balancer():
-    model = models.build_dense(models.config("tiny", VOCAB))
-    trainer = train.Trainer(model, _loader(), config=_config(steps=2))
+def test_dense_model_ignores_the_moe_settings():
+    """A dense model has no routers: the MoE knobs change nothing, not a single bit of the run."""
+    runs = []
+    for moe_settings in (dict(moe_gamma=0.0, moe_alpha=0.0, router_lr_ratio=1.0),
+                         dict(moe_gamma=0.5, moe_alpha=0.5, router_lr_ratio=0.01)):
+        model = models.build_dense(models.config("tiny", VOCAB))
+        trainer = train.Trainer(model, _loader(), config=_config(steps=3, **moe_settings))
+        runs.append((trainer, trainer.fit()))
+        assert trainer.balancer is None and len(trainer.optimizer.param_groups) == 2  # no router group
+    (first, h1), (second, h2) = runs
+    assert "expert_load" not in h1.columns and "load_maxvio" not in h1.columns
+    assert h1["loss"].tolist() == h2["loss"].tolist() and h1["grad_norm"].tolist() == h2["grad_norm"].tolist()
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(),
+                                                 strict=True))
+
+
+def test_routers_learn_at_router_lr_ratio():
+    model = models.build("tiny", VOCAB, seed=0)
+    trainer = train.Trainer(model, _loader(), config=_config(steps=3, router_lr_ratio=0.25))
+    groups = trainer.optimizer.param_groups
+    router = model.model.layers[1].mlp.gate.weight
+    assert [len(g["params"]) for g in groups][-1] == 1 and groups[-1]["params"][0] is router
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in model.parameters())
+    trainer.fit()
+    assert groups[-1]["lr"] == pytest.approx(0.25 * groups[0]["lr"])  # the schedule scales every group
+    assert groups[-1]["weight_decay"] == groups[0]["weight_decay"] == 0.1  # a matrix: decayed like the others
+
+
+def test_padding_is_not_counted_by_the_balancer_or_the_monitor():
+    """A 3-token and a 30-token sequence, right-padded: 33 real tokens x top-2 = 66 routing slots, not 120."""
+    gen = torch.Generator().manual_seed(0)
+    batch = train.pad_batch([torch.randint(2, VOCAB, (n,), generator=gen).tolist() for n in (3, 30)])
+    mon = TrainingMonitor(hardware=False)
+    trainer = train.Trainer(models.build("tiny", VOCAB, seed=0), [batch], config=_config(steps=2), callbacks=[mon])
     history = trainer.fit()
-    assert trainer.balancer is None and "expert_load" not in history.columns
+    assert trainer.balancer.last_load.sum().item() == 66
+    assert mon.expert_load.groupby("step").tokens.sum().tolist() == [66, 66]
+    shares = mon.expert_load[mon.expert_load.step == 2].tokens.to_numpy() / 66
+    assert shares.tolist() == pytest.approx(history["expert_load"].iloc[-1][0].tolist(), abs=1e-4)
 
 
 def test_moe_bias_moves_during_training_and_counts_each_token_once():
     model = models.build("tiny", VOCAB, seed=0)
-    trainer = train.Trainer(model, _loader(batch=4, seq_len=24), config=_config(steps=3, activation_checkpointing=True))
+    mon = TrainingMonitor(hardware=False)
+    trainer = train.Trainer(model, _loader(batch=4, seq_len=24), config=_config(steps=3, activation_checkpointing=True),
+                            callbacks=[mon])
     trainer.fit()
     k = model.config.num_experts_per_tok
-    # recomputation during backward (gradient checkpointing) must not count tokens a second time
+    # recomputation during backward (activation checkpointing) must not count tokens a second time
     assert trainer.balancer.last_load.sum(-1).tolist() == [4 * 24 * k]
+    assert mon.expert_load.groupby("step").tokens.sum().tolist() == [4 * 24 * k] * 3
     assert trainer.balancer.biases().abs().sum() > 0
     frozen = train.Trainer(models.build("tiny", VOCAB, seed=0), _loader(), config=_config(steps=2, moe_gamma=0.0))
     frozen.fit()
@@ -248,13 +345,39 @@ def test_callback_raising_aborts_but_still_ends():
     assert trainer.step == 1 and rec.calls[-1] == "end"
 
 
-def test_early_stopping_when_validation_stalls():
-    model = models.build("tiny", VOCAB, seed=0)
-    config = _config(steps=20, lr=1e-12, eval_interval=2, patience=2)
-    trainer = train.Trainer(model, _loader(), _loader(seed=1, shuffle=False), config)
+class _CrashAt:
+    def __init__(self, step=None):
+        self.step = step
+
+    def on_after_backward(self, trainer, loss):
+        if trainer.step == self.step:
+            raise _Interrupt
+
+
+def test_early_stopping_when_validation_stalls_also_after_a_resume(tmp_path):
+    # lr 1e-12 and no bias balancing: the weights do not move, so the validation loss never improves
+    config = dict(steps=20, lr=1e-12, eval_interval=2, moe_gamma=0.0)
+    val = _loader(seed=1, shuffle=False)
+    stopper = EarlyStopping(patience=2, min_delta=1e-4)
+    trainer = train.Trainer(models.build("tiny", VOCAB, seed=0), _loader(), val, _config(**config), callbacks=[stopper])
     trainer.fit()
     assert trainer.should_stop and trainer.stop_reason.startswith("early stopping")
-    assert trainer.step < 20
+    assert trainer.step == 6 and stopper.best_step == 2  # evaluations at 2 (best), 4 and 6 (no better)
+
+    # the same run interrupted at step 5: its checkpoint of step 4 holds one evaluation without improvement
+    first = train.Trainer(models.build("tiny", VOCAB, seed=0), _loader(), val,
+                          _config(**config, checkpoint_dir=tmp_path, checkpoint_interval=4),
+                          callbacks=[EarlyStopping(patience=2, min_delta=1e-4), _CrashAt(4)])
+    with pytest.raises(_Interrupt):
+        first.fit()
+    resumed_stopper = EarlyStopping(patience=2, min_delta=1e-4)
+    resumed = train.Trainer(models.build("tiny", VOCAB, seed=1), _loader(), val,
+                            _config(**config, checkpoint_dir=tmp_path, checkpoint_interval=4),
+                            callbacks=[resumed_stopper, _CrashAt()])
+    resumed.load_checkpoint(tmp_path)
+    assert resumed.step == 4 and resumed_stopper.plateau.bad == 1 and resumed_stopper.best_step == 2
+    resumed.fit()
+    assert resumed.step == 6 and resumed.stop_reason == trainer.stop_reason  # not 10, as a fresh counter would
 
 
 # ----------------------------------------------------------------------------- fp16 loss scaling
@@ -304,13 +427,8 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     straight = train.Trainer(models.build("tiny", VOCAB, seed=0), _loader(), _loader(seed=1, shuffle=False),
                              _config(**config)).fit()
 
-    class Crash:
-        def on_after_backward(self, trainer, loss):
-            if trainer.step == 5:
-                raise _Interrupt
-
     first = train.Trainer(models.build("tiny", VOCAB, seed=0), _loader(), _loader(seed=1, shuffle=False),
-                          _config(**config, checkpoint_dir=tmp_path), callbacks=[Crash()])
+                          _config(**config, checkpoint_dir=tmp_path), callbacks=[_CrashAt(5)])
     with pytest.raises(_Interrupt):
         first.fit()
     assert checkpoint.latest(tmp_path).name == "step-000004.safetensors"

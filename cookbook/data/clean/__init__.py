@@ -1,4 +1,5 @@
-"""Cleaning: tabular rules with a pipeline that keeps every removed row (tables), and text clean-up (text).
+"""Cleaning: tabular rules with a pipeline that keeps every removed row (tables, timestamps), and text clean-up
+(text).
 
 Shown in notebooks/01.
 """
@@ -15,10 +16,10 @@ from cookbook.data.clean.tables import (
     normalize_whitespace,
     pipeline,
     step,
-    to_utc,
     zscore_outliers,
 )
 from cookbook.data.clean.text import STOPWORDS, clean_text, docstrings, find_pii, mask_pii, remove_stopwords
+from cookbook.data.clean.timestamps import to_utc
 
 __all__ = [
     "STOPWORDS", "PipelineResult", "RuleResult", "clean_text", "docstrings", "drop_duplicate_keys", "fill_missing",

@@ -8,6 +8,8 @@ aside with their original values, never silently lost) and the cells it changed 
     ...                        step(fill_missing, column="age", strategy="median")])
     >>> result.frame, result.summary, result.removed, result.changes
 
+`to_utc` (timestamps) lives in `cookbook.data.clean.timestamps` and follows the same contract.
+
 Bad input (not a frame, empty frame, missing column, wrong dtype, all-missing column, undecodable
 bytes) gives a `ValueError`/`TypeError` or a warning naming the column and rows, before pandas is asked
 to do anything.
@@ -21,6 +23,7 @@ import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
 
+import ftfy
 import numpy as np
 import pandas as pd
 
@@ -36,26 +39,28 @@ __all__ = [
     "normalize_whitespace",
     "pipeline",
     "step",
-    "to_utc",
     "zscore_outliers",
 ]
 
-_CHANGE_COLUMNS = ["row", "column", "before", "after"]
+_CHANGE_COLUMNS = ["row", "column", "before", "after", "reason"]
 
 
 @dataclasses.dataclass
 class RuleResult:
-    """One rule's output: the kept frame, the removed rows and the changed cells (row, column, before, after)."""
+    """One rule's output: the kept frame, the removed rows and the changed cells (row, column, before, after,
+    reason). `reasons` says why each removed row went (by row label); rows it does not name share `note`."""
 
     frame: pd.DataFrame
     removed: pd.DataFrame
     changed: pd.DataFrame
     note: str = ""
+    reasons: pd.Series | None = None
 
 
 @dataclasses.dataclass
 class PipelineResult:
-    """A pipeline's output: the cleaned frame, a per-rule summary, removed rows (with `removed_by`), changes."""
+    """A pipeline's output: the cleaned frame, a per-rule summary, removed rows (original values plus
+    `removed_by` and `reason`) and changed cells (row, column, before, after, reason, rule)."""
 
     frame: pd.DataFrame
     summary: pd.DataFrame
@@ -88,13 +93,14 @@ def _rows(labels, limit: int = 8) -> str:
     return ", ".join(map(str, labels[:limit])) + (f" … ({len(labels)} rows)" if len(labels) > limit else "")
 
 
-def _changes(column: str, before: pd.Series, after: pd.Series) -> pd.DataFrame:
+def _changes(column: str, before: pd.Series, after: pd.Series, reason: str | pd.Series) -> pd.DataFrame:
     """Cells where `after` differs from `before` (NaN → value counts as a change, NaN → NaN does not)."""
     b, a = before.astype(object), after.astype(object)
     same = (b == a) | (b.isna() & a.isna())
     idx = same.index[~same.to_numpy(dtype=bool)]
-    return pd.DataFrame({"row": idx, "column": column, "before": b[idx].to_numpy(), "after": a[idx].to_numpy()},
-                        columns=_CHANGE_COLUMNS)
+    why = reason[idx].to_numpy() if isinstance(reason, pd.Series) else reason
+    return pd.DataFrame({"row": idx, "column": column, "before": b[idx].to_numpy(), "after": a[idx].to_numpy(),
+                         "reason": why}, columns=_CHANGE_COLUMNS)
 
 
 def _show(value) -> str:
@@ -105,18 +111,20 @@ def _no_changes() -> pd.DataFrame:
     return pd.DataFrame(columns=_CHANGE_COLUMNS)
 
 
-def _result(df, keep_mask, column=None, new_values=None, note="") -> RuleResult:
-    """Split `df` by a keep-mask and/or replace one column; record what changed."""
+def _result(df, keep_mask, column=None, new_values=None, note="", why: str | pd.Series = "") -> RuleResult:
+    """Split `df` by a keep-mask and/or replace one column; record what changed and why (`why`: one reason
+    for every row, or one per row label; default: the note)."""
+    why = why if isinstance(why, pd.Series) else pd.Series(why or note, index=df.index, dtype=object)
     out = df.copy()
     changed = _no_changes()
     if column is not None:
-        changed = _changes(column, df[column], new_values)
+        changed = _changes(column, df[column], new_values, why)
         out[column] = new_values
     keep_mask = np.asarray(keep_mask, dtype=bool)
     removed = df[~keep_mask]
     out = out[keep_mask]
     changed = changed[changed["row"].isin(out.index)] if len(changed) else changed
-    return RuleResult(out, removed, changed.reset_index(drop=True), note)
+    return RuleResult(out, removed, changed.reset_index(drop=True), note, why[removed.index])
 
 
 # ------------------------------------------------------------------------------------------- rules
@@ -128,7 +136,8 @@ def drop_duplicate_keys(df: pd.DataFrame, keys: str | Sequence[str], keep: str =
     if keep not in ("first", "last"):
         raise ValueError(f"keep must be 'first' or 'last', got {keep!r}")
     dup = df.duplicated(subset=keys, keep=keep).to_numpy()
-    return _result(df, ~dup, note=f"{int(dup.sum())} rows repeat a key in {keys}")
+    return _result(df, ~dup, note=f"{int(dup.sum())} rows repeat a key in {keys}",
+                   why=f"repeats the key {keys} of another row (keep={keep!r})")
 
 
 def fill_missing(df: pd.DataFrame, column: str, strategy: str = "median", value=None) -> RuleResult:
@@ -154,7 +163,8 @@ def fill_missing(df: pd.DataFrame, column: str, strategy: str = "median", value=
         fill = col.mode(dropna=True).iloc[0]  # the smallest of tied modes, deterministic
     new = col.where(~missing, fill) if missing.any() else col
     return _result(df, np.ones(len(df), bool), column, new,
-                   note=f"{int(missing.sum())} missing filled with {strategy} = {_show(fill)}")
+                   note=f"{int(missing.sum())} missing filled with {strategy} = {_show(fill)}",
+                   why=f"missing: filled with {strategy} = {_show(fill)}")
 
 
 def zscore_outliers(df: pd.DataFrame, column: str, threshold: float = 3.0) -> RuleResult:
@@ -169,7 +179,8 @@ def zscore_outliers(df: pd.DataFrame, column: str, threshold: float = 3.0) -> Ru
         return _result(df, np.ones(len(df), bool), note="no spread")
     z = ((x - x.mean()) / std).abs()
     outlier = (z > threshold).to_numpy()
-    return _result(df, ~outlier, note=f"{int(outlier.sum())} rows with |z| > {threshold}")
+    return _result(df, ~outlier, note=f"{int(outlier.sum())} rows with |z| > {threshold}",
+                   why=z.map(lambda v: f"|z| = {v:.3g} > {threshold}"))
 
 
 def iqr_outliers(df: pd.DataFrame, column: str, k: float = 1.5) -> RuleResult:
@@ -183,134 +194,66 @@ def iqr_outliers(df: pd.DataFrame, column: str, k: float = 1.5) -> RuleResult:
     q1, q3 = x.quantile(0.25), x.quantile(0.75)
     low, high = q1 - k * (q3 - q1), q3 + k * (q3 - q1)
     outlier = ((x < low) | (x > high)).to_numpy()
-    return _result(df, ~outlier, note=f"{int(outlier.sum())} rows outside [{low:.4g}, {high:.4g}]")
-
-
-def _parse_utc(value, assume_tz: str, dayfirst: bool):
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
-        return pd.NaT
-    try:
-        ts = pd.Timestamp(value) if not isinstance(value, str) else pd.to_datetime(value.strip(), dayfirst=dayfirst)
-    except (ValueError, TypeError, OverflowError):
-        return pd.NaT
-    if ts is pd.NaT:
-        return pd.NaT
-    ts = ts.tz_localize(assume_tz) if ts.tzinfo is None else ts
-    return ts.tz_convert("UTC")
-
-
-def to_utc(df: pd.DataFrame, column: str, assume_tz: str = "UTC", errors: str = "remove",
-           dayfirst: bool = False) -> RuleResult:
-    """Parse mixed timestamps (ISO with any offset, `Z`, naive strings, datetimes) to one UTC column.
-
-    Naive values are read in `assume_tz`. Unparseable values are removed (`errors="remove"`), set to
-    NaT (`"nat"`), or raise (`"raise"`); each case names the rows. Changed cells are those whose input
-    was not already written as the UTC instant in ISO form.
-    """
-    _check_column(df, column)
-    if errors not in ("remove", "nat", "raise"):
-        raise ValueError(f"errors must be 'remove', 'nat' or 'raise', got {errors!r}")
-    try:
-        pd.Timestamp("2000-01-01").tz_localize(assume_tz)
-    except Exception as exc:
-        raise ValueError(f"unknown time zone {assume_tz!r}") from exc
-    before = df[column]
-    parsed = None
-    if assume_tz in ("UTC", "utc"):  # vectorised: with utc=True pandas reads naive values as UTC already
-        try:
-            parsed = pd.to_datetime(before, utc=True, format="mixed", errors="coerce", dayfirst=dayfirst)
-        except (TypeError, ValueError):
-            parsed = None  # unusual mixtures of types: fall back to one value at a time
-    if parsed is None:
-        parsed = pd.Series([_parse_utc(v, assume_tz, dayfirst) for v in before], index=df.index)
-    parsed = parsed.astype("datetime64[ns, UTC]")
-    bad = parsed.isna() & before.notna()
-    if bad.any():
-        message = f"column {column!r}: {int(bad.sum())} unparseable timestamp(s) in rows {_rows(df.index[bad])}"
-        if errors == "raise":
-            raise ValueError(message)
-        warnings.warn(message + ("; rows removed" if errors == "remove" else "; set to NaT"), stacklevel=2)
-    canonical = {i: {ts.isoformat(), ts.strftime("%Y-%m-%dT%H:%M:%SZ"), ts.strftime("%Y-%m-%d %H:%M:%S+00:00")}
-                 for i, ts in parsed.dropna().items()}
-    def already_utc(i, v) -> bool:
-        if isinstance(v, str):
-            return v.strip() in canonical.get(i, ())
-        return getattr(v, "tzinfo", None) is not None and v.utcoffset() == pd.Timedelta(0)
-
-    differs = [not pd.isna(v) and not already_utc(i, v) for i, v in before.items()]
-    keep = ~bad.to_numpy() if errors == "remove" else np.ones(len(df), bool)
-    out = df.copy()
-    out[column] = parsed
-    changed_idx = df.index[np.asarray(differs) & keep]
-    changed = pd.DataFrame({"row": changed_idx, "column": column, "before": before[changed_idx].to_numpy(),
-                            "after": parsed[changed_idx].astype(object).to_numpy()}, columns=_CHANGE_COLUMNS)
-    return RuleResult(out[keep], df[~keep], changed, f"{len(changed_idx)} timestamps standardized to UTC")
+    return _result(df, ~outlier, note=f"{int(outlier.sum())} rows outside [{low:.4g}, {high:.4g}]",
+                   why=x.map(lambda v: f"{v:.4g} outside [{low:.4g}, {high:.4g}]"))
 
 
 # -------------------------------------------------------------------------------------- text cells
-_MOJIBAKE = re.compile("[ÂÃÄÅâ][\u0080-\u00bf\u20ac\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039"
-                       "\u0152\u017d\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\u017e\u0178]")
-
-
-def _cp1252_bytes(text: str) -> bytes:
-    """Encode as cp1252, with the five bytes cp1252 leaves undefined passed through as latin-1."""
-    out = bytearray()
-    for ch in text:
-        try:
-            out += ch.encode("cp1252")
-        except UnicodeEncodeError:
-            if ord(ch) > 0xFF:
-                raise
-            out.append(ord(ch))
-    return bytes(out)
+def _fix_mojibake(text: str) -> tuple[str, str]:
+    """ftfy's encoding repair and the steps it took ("" when the text was left alone)."""
+    fixed = ftfy.fix_encoding_and_explain(text)
+    return fixed.text, ", ".join(f"{action} {how}" for action, how in fixed.explanation)
 
 
 def fix_mojibake(text: str) -> str:
-    """Undo UTF-8 text that was decoded as cp1252/latin-1 ("cafÃ©" → "café"), repeatedly if double-encoded.
+    """Undo UTF-8 text that was decoded with a one-byte code page such as cp1252 or latin-1, in any script
+    ("cafÃ©" → "café", "ÐŸÑ€Ð¸Ð²ÐµÑ‚" → "Привет"), repeatedly if double-encoded.
 
-    Only applied when the text shows the telltale byte-pair pattern and the round trip decodes cleanly,
-    so correct text (including real "Ã" characters in other contexts) is left alone.
+    This is ftfy's encoding repair only (quotes, HTML entities and character widths are left as they are);
+    ftfy changes text only when the repaired version is much more plausible, so correct text is left alone.
     """
-    for _ in range(3):
-        if not _MOJIBAKE.search(text):
-            break
-        try:
-            repaired = _cp1252_bytes(text).decode("utf-8")
-        except UnicodeError:
-            break
-        if repaired == text:
-            break
-        text = repaired
-    return text
+    return _fix_mojibake(text)[0]
 
 
-def _decode(value, column: str, row, undecodable: list):
-    if isinstance(value, (bytes, bytearray)):
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            undecodable.append(row)
-            return bytes(value).decode("cp1252", errors="replace")  # legacy Windows/latin-1 text, the usual culprit
-    return value
+def _decode(value: bytes) -> tuple[str, str]:
+    try:
+        return value.decode("utf-8"), "bytes decoded as UTF-8"
+    except UnicodeDecodeError:  # legacy Windows/latin-1 text, the usual culprit
+        return value.decode("cp1252", errors="replace"), "bytes not valid UTF-8: decoded as cp1252"
 
 
 def fix_unicode(df: pd.DataFrame, column: str, form: str = "NFC") -> RuleResult:
-    """Decode bytes cells (UTF-8, else cp1252 with a warning naming the rows), repair mojibake, normalize to NFC."""
+    """Decode bytes cells (UTF-8, else cp1252 with a warning naming the rows), repair mojibake with ftfy
+    (`fix_mojibake`), normalize to NFC. Each changed cell's `reason` says which of these fixed it, and for
+    mojibake the steps ftfy took (e.g. "encode sloppy-windows-1252, decode utf-8"). Shown in notebooks/01 §2."""
     _check_column(df, column)
     if form not in ("NFC", "NFKC", "NFD", "NFKD"):
         raise ValueError(f"form must be a Unicode normal form (NFC, NFKC, NFD, NFKD), got {form!r}")
-    undecodable: list = []
-    values = []
+    values, reasons, undecodable, repaired = [], [], [], 0
     for row, value in df[column].items():
-        value = _decode(value, column, row, undecodable)
+        steps = []
+        if isinstance(value, (bytes, bytearray)):
+            value, how = _decode(bytes(value))
+            steps.append(how)
+            if how.startswith("bytes not"):
+                undecodable.append(row)
         if isinstance(value, str):
-            value = unicodedata.normalize(form, fix_mojibake(value))
+            value, how = _fix_mojibake(value)
+            if how:
+                steps.append(f"mojibake repaired by ftfy: {how}")
+                repaired += 1
+            normal = unicodedata.normalize(form, value)
+            if normal != value:
+                steps.append(f"normalized to {form}")
+            value = normal
         values.append(value)
+        reasons.append("; ".join(steps))
     if undecodable:
         warnings.warn(f"column {column!r}: rows {_rows(undecodable)} were not valid UTF-8; decoded as cp1252",
                       stacklevel=2)
     new = pd.Series(values, index=df.index, dtype=object)
-    return _result(df, np.ones(len(df), bool), column, new, note=f"{len(undecodable)} non-UTF-8 cells")
+    return _result(df, np.ones(len(df), bool), column, new, note=f"{repaired} mojibake repaired, "
+                   f"{len(undecodable)} non-UTF-8 cells", why=pd.Series(reasons, index=df.index, dtype=object))
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u2060\ufeff]")
@@ -322,7 +265,7 @@ def normalize_whitespace(df: pd.DataFrame, column: str) -> RuleResult:
     _check_column(df, column)
     new = df[column].astype(object).map(lambda v: _SPACES.sub(" ", _CONTROL.sub("", v)).strip()
                                         if isinstance(v, str) else v)
-    return _result(df, np.ones(len(df), bool), column, new)
+    return _result(df, np.ones(len(df), bool), column, new, why="whitespace or control characters")
 
 
 def map_text(df: pd.DataFrame, column: str, fn: Callable[[str], str]) -> RuleResult:
@@ -372,11 +315,14 @@ def pipeline(df: pd.DataFrame, rules: Sequence[Callable[[pd.DataFrame], RuleResu
                         "rows removed": len(result.removed), "cells changed": len(result.changed),
                         "note": result.note})
         if len(result.removed):
-            removed.append(df.loc[result.removed.index].assign(removed_by=name))  # original values
+            reasons = result.reasons if result.reasons is not None else pd.Series(dtype=object)
+            reason = reasons.reindex(result.removed.index).fillna(result.note or name)
+            removed.append(df.loc[result.removed.index].assign(removed_by=name, reason=reason))  # original values
         if len(result.changed):
             changes.append(result.changed.assign(rule=name))
         current = result.frame
-    removed_df = pd.concat(removed) if removed else df.iloc[:0].assign(removed_by=pd.Series(dtype=object))
+    removed_df = pd.concat(removed) if removed else df.iloc[:0].assign(removed_by=pd.Series(dtype=object),
+                                                                         reason=pd.Series(dtype=object))
     changes_df = pd.concat(changes, ignore_index=True) if changes else _no_changes().assign(rule=[])
     if current.empty:
         warnings.warn(f"the pipeline removed all {len(df)} rows; see result.removed", stacklevel=2)

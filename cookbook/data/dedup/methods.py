@@ -274,6 +274,12 @@ def semantic(data, *, column: str = "text", threshold: float = 0.9, model=None, 
         raise ValueError(f"cosine threshold must be in [-1, 1], got {threshold}")
     start = time.perf_counter()
     texts = _texts(data, column)
+    if embeddings is not None:
+        name = "embeddings given"
+    elif model is None or isinstance(model, (str, Path)):
+        name = str(model or "offline all-MiniLM-L6-v2")
+    else:
+        name = type(model).__name__  # a loaded encoder
     if embeddings is None:
         embeddings = embed(texts, model, batch_size=batch_size)
     vectors = np.asarray(embeddings, dtype=np.float32)
@@ -292,6 +298,5 @@ def semantic(data, *, column: str = "text", threshold: float = 0.9, model=None, 
     pairs = pd.DataFrame(rows, columns=["i", "j", "similarity"]).astype({"i": int, "j": int, "similarity": float})
     pairs["duplicate"] = True
     clusters = _components(len(texts), zip(pairs["i"], pairs["j"], strict=True))
-    name = "embeddings given" if embeddings is not None else str(model or "offline all-MiniLM-L6-v2")
-    params = dict(threshold=threshold, model=name if isinstance(model, (str, Path, type(None))) else type(model).__name__)
+    params = dict(threshold=threshold, model=name)
     return _report("semantic", texts, clusters, keep, params, start, pairs, nearest)

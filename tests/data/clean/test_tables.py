@@ -1,4 +1,5 @@
-"""Cleaning rules, the pipeline report and its nothing-lost invariant, text cleaning and PII masking."""
+"""Cleaning rules, the pipeline report and its nothing-lost invariant, mojibake repair (timestamps and text
+cleaning have their own test modules)."""
 
 import warnings
 
@@ -62,7 +63,7 @@ def test_zscore_matches_hand_computation():
     z = np.abs(x - x.mean()) / x.std()  # population std, as the rule documents
     result = clean.zscore_outliers(frame(), "x", threshold=2.0)
     assert result.removed.index.tolist() == np.flatnonzero(z > 2.0).tolist() == [5]
-    assert clean.zscore_outliers(frame(), "x", threshold=3.0).removed.empty  # |z| = 2.236: masking by a small n
+    assert clean.zscore_outliers(frame(), "x", threshold=3.0).removed.empty  # |z| = 2.235: masking by a small n
     with pytest.warns(UserWarning, match="no spread"):
         assert clean.zscore_outliers(frame().assign(c=1.0), "c").removed.empty
 
@@ -76,44 +77,59 @@ def test_iqr_matches_tukey_fences():
         clean.iqr_outliers(frame().assign(e=np.nan), "e")
 
 
-def test_to_utc_mixed_offsets_and_naive_strings():
-    df = pd.DataFrame({"t": ["2024-03-01T10:00:00+02:00", "2024-03-01 08:00:00", "2024-03-01T08:00:00Z",
-                             "2024-03-01T03:00:00-05:00", "2024-03-01T08:00:00+00:00"]})
-    result = clean.to_utc(df, "t")
-    assert (result.frame["t"] == pd.Timestamp("2024-03-01 08:00", tz="UTC")).all()
-    assert str(result.frame["t"].dtype) == "datetime64[ns, UTC]"
-    assert result.changed["row"].tolist() == [0, 1, 3]  # already-canonical UTC strings are not changes
-    stamps = pd.DataFrame({"t": pd.to_datetime(["2024-03-01 08:00", "2024-03-01 09:00"]).tz_localize("UTC")})
-    assert clean.to_utc(stamps, "t").changed.empty  # aware UTC datetimes are already standard
-    naive = clean.to_utc(stamps.assign(t=stamps["t"].dt.tz_localize(None)), "t", assume_tz="America/New_York")
-    assert naive.frame["t"].tolist() == (stamps["t"] + pd.Timedelta(hours=5)).tolist() and len(naive.changed) == 2
-    paris = clean.to_utc(df.iloc[[1]], "t", assume_tz="Europe/Paris")  # winter: UTC+1
-    assert paris.frame["t"].iloc[0] == pd.Timestamp("2024-03-01 07:00", tz="UTC")
-
-
-def test_to_utc_unparseable_values_are_named_and_kept_aside():
-    df = pd.DataFrame({"t": ["2024-01-01T00:00:00Z", "2024-02-30 10:00", "soon", None]})
-    with pytest.warns(UserWarning, match=r"2 unparseable timestamp\(s\) in rows 1, 2; rows removed"):
-        result = clean.to_utc(df, "t")
-    assert result.removed.index.tolist() == [1, 2] and result.frame.index.tolist() == [0, 3]
-    assert pd.isna(result.frame.loc[3, "t"])  # missing stays missing; it is not an error
-    with pytest.warns(UserWarning, match="set to NaT"):
-        assert len(clean.to_utc(df, "t", errors="nat").frame) == 4
-    with pytest.raises(ValueError, match="rows 1, 2"):
-        clean.to_utc(df, "t", errors="raise")
-    with pytest.raises(ValueError, match="unknown time zone"):
-        clean.to_utc(df, "t", assume_tz="Mars/Olympus")
-
-
 def test_fix_unicode_repairs_mojibake_bytes_and_nfd():
     df = pd.DataFrame({"s": ["cafÃ©", "São Paulo", "Cafe\u0301", "naïve".encode(), "Müller".encode("cp1252"),
-                             "plain", "â€œquotedâ€\x9d"]})
+                             "plain", "â€œquotedâ€\x9d", "ÐŸÑ€Ð¸Ð²ÐµÑ‚"]})
     with pytest.warns(UserWarning, match=r"rows 4 were not valid UTF-8"):
         result = clean.fix_unicode(df, "s")
-    assert result.frame["s"].tolist() == ["café", "São Paulo", "Café", "naïve", "Müller", "plain", "“quoted”"]
-    assert result.changed["row"].tolist() == [0, 2, 3, 4, 6]
-    assert clean.fix_mojibake("cafÃƒÂ©") == "café"  # double-encoded
-    assert clean.fix_mojibake("Ãgua é vida") == "Ãgua é vida"  # no telltale pair: left alone
+    assert result.frame["s"].tolist() == ["café", "São Paulo", "Café", "naïve", "Müller", "plain", "“quoted”",
+                                          "Привет"]
+    assert result.changed["row"].tolist() == [0, 2, 3, 4, 6, 7]
+    assert result.changed["reason"].tolist() == [
+        "mojibake repaired by ftfy: encode latin-1, decode utf-8", "normalized to NFC", "bytes decoded as UTF-8",
+        "bytes not valid UTF-8: decoded as cp1252", "mojibake repaired by ftfy: encode sloppy-windows-1252, "
+        "decode utf-8", "mojibake repaired by ftfy: encode sloppy-windows-1252, decode utf-8"]
+    assert result.note == "3 mojibake repaired, 1 non-UTF-8 cells"
+
+
+# One sentence per script family; the damage is done by hand: UTF-8 bytes read as latin-1, or as cp1252
+# the way browsers and Windows do it (the five bytes cp1252 leaves undefined pass through as latin-1).
+SCRIPTS = {
+    "latin": "Crème brûlée à São Paulo, Øresund, Łódź", "cyrillic": "Съешь же ещё этих мягких булок",
+    "greek": "Καλημέρα κόσμε, ξεσκεπάζω", "chinese": "中文文本的编码问题", "japanese": "日本語のテキストとカタカナ",
+    "korean": "한국어 텍스트입니다", "arabic": "مرحبا بالعالم", "hebrew": "שלום עולם", "devanagari": "नमस्ते दुनिया",
+    "thai": "สวัสดีครับ", "emoji": "party 🎉 thumbs 👍🏽 family 👨\u200d👩\u200d👧 done ✅",
+}
+_CP1252_UNDEFINED = {0x81, 0x8D, 0x8F, 0x90, 0x9D}
+
+
+def _as_cp1252(raw: bytes) -> str:
+    return "".join(chr(b) if b in _CP1252_UNDEFINED else bytes([b]).decode("cp1252") for b in raw)
+
+
+def _as_latin1(raw: bytes) -> str:
+    return "".join(map(chr, raw))
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+@pytest.mark.parametrize("misread", [_as_cp1252, _as_latin1])
+def test_mojibake_of_every_script_is_repaired(script, misread):
+    text = SCRIPTS[script]
+    once = misread(text.encode("utf-8"))
+    twice = misread(once.encode("utf-8"))
+    assert once != text and clean.fix_mojibake(once) == text
+    assert clean.fix_mojibake(twice) == text  # double-encoded
+    assert clean.fix_mojibake(text) == text  # correct text is left alone
+    result = clean.fix_unicode(pd.DataFrame({"s": [once, text]}), "s")
+    assert result.frame["s"].tolist() == [text, text] and result.changed["row"].tolist() == [0]
+    codec = "latin-1" if misread is _as_latin1 else "sloppy-windows-1252"
+    assert result.changed["reason"][0].startswith(f"mojibake repaired by ftfy: encode {codec}, decode utf-8")
+
+
+@pytest.mark.parametrize("text", ["Ãgua é vida", "São Paulo", "naïve façade", "“quoted” — dash", "Ångström",
+                                  "x ≤ y ± 1 µm", "plain ascii"])
+def test_fix_mojibake_leaves_correct_text_alone(text):
+    assert clean.fix_mojibake(text) == text
 
 
 def test_normalize_whitespace_removes_controls():
@@ -144,8 +160,23 @@ def test_pipeline_report_counts_and_removed_rows():
         [6, 4, 2], [4, 4, 0], [4, 4, 0], [4, 4, 0]]
     assert result.summary["cells changed"].tolist() == [0, 2, 0, 1]
     assert result.removed["removed_by"].tolist() == ["drop_duplicate_keys(['id'])"] * 2
-    pd.testing.assert_frame_equal(result.removed.drop(columns="removed_by"), frame().loc[[2, 5]])
+    pd.testing.assert_frame_equal(result.removed.drop(columns=["removed_by", "reason"]), frame().loc[[2, 5]])
+    assert result.removed["reason"].tolist() == ["repeats the key ['id'] of another row (keep='first')"] * 2
     assert set(result.changes["rule"]) == {"fill_missing(age, median)", "fill_missing(city, mode)"}
+    assert result.changes.set_index(["rule", "row"])["reason"].to_dict() == {
+        ("fill_missing(age, median)", 1): "missing: filled with median = 25",
+        ("fill_missing(age, median)", 4): "missing: filled with median = 25",
+        ("fill_missing(city, mode)", 1): "missing: filled with mode = 'Oslo'"}
+
+
+def test_removed_rows_say_why_row_by_row():
+    df = frame()
+    z = clean.zscore_outliers(df, "x", threshold=2.0)
+    assert z.reasons.to_dict() == {5: "|z| = 2.23 > 2.0"}  # (100 - 19.17) / 36.17 = 2.2346
+    iqr = clean.iqr_outliers(df, "x")
+    assert iqr.reasons.to_dict() == {5: "100 outside [-1.5, 8.5]"}  # Q1 = 2.25, Q3 = 4.75, k·IQR = 3.75
+    custom = clean.pipeline(df, [lambda d: clean.RuleResult(d.iloc[1:], d.iloc[:1], pd.DataFrame(), note="my rule")])
+    assert custom.removed["reason"].tolist() == ["my rule"]  # a rule without per-row reasons: its note
 
 
 def test_pipeline_skips_rules_once_every_row_is_gone():
@@ -153,7 +184,7 @@ def test_pipeline_skips_rules_once_every_row_is_gone():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = clean.pipeline(df, [step(clean.to_utc, column="t"), step(clean.fill_missing, column="v")])
-    assert [str(w.message) for w in caught] == ["column 't': 2 unparseable timestamp(s) in rows 0, 1; rows removed",
+    assert [str(w.message) for w in caught] == ["column 't' has 2 bad timestamp(s): rows 0, 1 unparseable; rows removed",
                                                 "the pipeline removed all 2 rows; see result.removed"]
     assert result.frame.empty and len(result.removed) == 2
     assert result.summary["note"].tolist()[1] == "skipped: no rows left"
@@ -192,29 +223,8 @@ def test_nothing_is_ever_lost(values, keys, texts, order):
             return
     assert len(df) == len(result.frame) + len(result.removed)
     assert sorted([*result.frame.index, *result.removed.index]) == df.index.tolist()
-    pd.testing.assert_frame_equal(result.removed.drop(columns="removed_by"), df.loc[result.removed.index])
-
-
-# ------------------------------------------------------------------------------------------ text
-def test_clean_text_and_stopwords():
-    raw = "<p>Visit   https://example.org/x?y=1 &amp; WIN a Ｃａｒ!</p>"
-    assert clean.clean_text(raw) == "visit & win a car!"
-    assert clean.clean_text(raw, lowercase=False, strip_punctuation=True) == "Visit WIN a Car"
-    assert clean.remove_stopwords("This is not the best of the tests") == "not best tests"
-    assert clean.remove_stopwords("a cat", stopwords=["cat"]) == "a"
-    assert len(clean.STOPWORDS) > 100 and "not" not in clean.STOPWORDS
-    with pytest.raises(TypeError, match="expected str, got float"):
-        clean.clean_text(float("nan"))
-
-
-def test_mask_pii_finds_emails_ips_and_phones_but_not_dates_or_versions():
-    text = ("Mail jane.doe+ml@mail.example.co.uk, call +1 (555) 123-4567 or 020 7946 0958, host 10.0.0.255 / "
-            "fe80::1ff:fe23:4567:890a. Python 3.11.7 released 2024-03-01, port 8080, 999.1.1.1 is no IP.")
-    assert clean.find_pii(text) == [("email", "jane.doe+ml@mail.example.co.uk"), ("phone", "+1 (555) 123-4567"),
-                                         ("phone", "020 7946 0958"), ("ip", "10.0.0.255"),
-                                         ("ip", "fe80::1ff:fe23:4567:890a")]
-    assert clean.mask_pii(text).startswith("Mail <EMAIL>, call <PHONE> or <PHONE>, host <IP> / <IP>. Python 3.11.7")
-    assert clean.mask_pii("no pii here") == "no pii here"
+    pd.testing.assert_frame_equal(result.removed.drop(columns=["removed_by", "reason"]), df.loc[result.removed.index])
+    assert result.removed["reason"].map(lambda r: isinstance(r, str) and r != "").all()
 
 
 def test_map_text_applies_a_text_function_with_a_report():
@@ -222,10 +232,3 @@ def test_map_text_applies_a_text_function_with_a_report():
     result = clean.map_text(df, "note", clean.mask_pii)
     assert result.frame["note"].tolist()[:2] == ["mail <EMAIL>", "nothing"]
     assert result.changed["row"].tolist() == [0] and result.note == "mask_pii"
-
-
-def test_docstrings_extracts_summaries_in_order():
-    code = 'def f():\n    """Add two\n    numbers.\n\n    Details here."""\n\nclass C:\n    """A class."""\n    x = 1\n'
-    assert clean.docstrings(code) == ["Add two numbers.", "A class."]
-    assert clean.docstrings(code, first_line=False)[0] == "Add two\nnumbers.\n\nDetails here."
-    assert clean.docstrings("def broken(:") == []

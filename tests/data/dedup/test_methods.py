@@ -1,5 +1,6 @@
 """Deduplication: exact, MinHash LSH (bit-identical to datasketch) and semantic, on lists, Series, Datasets."""
 
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 
 from cookbook.data import dedup, synthetic
-from cookbook.data.dedup import embeddings
+from cookbook.data.dedup import embeddings, methods
 
 BASE = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\nprint(add(1, 2), sub(3, 4))\n"
 
@@ -102,6 +103,22 @@ def test_semantic_with_given_embeddings_uses_cosine_threshold():
     assert report.pairs[["i", "j"]].values.tolist() == [[0, 1]]
     with pytest.raises(ValueError, match="embeddings must be"):
         dedup.semantic(["a", "b"], embeddings=vectors)
+
+
+class _Encoder:  # stands in for a loaded SentenceTransformer
+    pass
+
+
+@pytest.mark.parametrize("model, shown", [(None, "offline all-MiniLM-L6-v2"), ("models/my-encoder", "models/my-encoder"),
+                                          (Path("models/enc"), "models/enc"), (_Encoder(), "_Encoder")])
+def test_semantic_reports_the_model_that_made_the_embeddings(monkeypatch, model, shown):
+    vectors = np.array([[1.0, 0.0], [0.99, 0.1], [0.0, 1.0]])
+    calls = []
+    monkeypatch.setattr(methods, "embed", lambda texts, m, batch_size: calls.append(m) or vectors)
+    report = dedup.semantic(["a", "b", "c"], model=model, threshold=0.9)
+    assert calls == [model] and report.params["model"] == shown and report.clusters == [[0, 1]]
+    given = dedup.semantic(["a", "b", "c"], model=model, embeddings=vectors, threshold=0.9)
+    assert len(calls) == 1 and given.params["model"] == "embeddings given"  # nothing embedded a second time
 
 
 def test_semantic_with_the_offline_minilm_groups_paraphrases():

@@ -1,0 +1,158 @@
+"""to_utc: mixed timestamps to UTC, checked against zoneinfo; day-first formats; DST gaps and overlaps."""
+
+import datetime as dt
+import warnings
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cookbook.data import clean
+from cookbook.data.clean import step
+
+UTC = dt.timezone.utc
+
+
+def test_to_utc_mixed_offsets_and_naive_strings():
+    df = pd.DataFrame({"t": ["2024-03-01T10:00:00+02:00", "2024-03-01 08:00:00", "2024-03-01T08:00:00Z",
+                             "2024-03-01T03:00:00-05:00", "2024-03-01T08:00:00+00:00"]})
+    result = clean.to_utc(df, "t")
+    assert (result.frame["t"] == pd.Timestamp("2024-03-01 08:00", tz="UTC")).all()
+    assert str(result.frame["t"].dtype) == "datetime64[ns, UTC]"
+    assert result.changed["row"].tolist() == [0, 1, 3]  # already-canonical UTC strings are not changes
+    assert result.changed["reason"].tolist() == ["converted from UTC+02:00", "naive, read in UTC",
+                                                 "converted from UTC-05:00"]
+    stamps = pd.DataFrame({"t": pd.to_datetime(["2024-03-01 08:00", "2024-03-01 09:00"]).tz_localize("UTC")})
+    assert clean.to_utc(stamps, "t").changed.empty  # aware UTC datetimes are already standard
+    naive = clean.to_utc(stamps.assign(t=stamps["t"].dt.tz_localize(None)), "t", assume_tz="America/New_York")
+    assert naive.frame["t"].tolist() == (stamps["t"] + pd.Timedelta(hours=5)).tolist() and len(naive.changed) == 2
+    paris = clean.to_utc(df.iloc[[1]], "t", assume_tz="Europe/Paris")  # winter: UTC+1
+    assert paris.frame["t"].iloc[0] == pd.Timestamp("2024-03-01 07:00", tz="UTC")
+
+
+def test_to_utc_unparseable_values_are_named_and_kept_aside():
+    df = pd.DataFrame({"t": ["2024-01-01T00:00:00Z", "2024-02-30 10:00", "soon", None, "9999-01-01"]})
+    with pytest.warns(UserWarning, match=r"3 bad timestamp\(s\): rows 1, 2 unparseable; row 4 outside the "
+                                         r"datetime64\[ns\] range .*; rows removed"):
+        result = clean.to_utc(df, "t")
+    assert result.removed.index.tolist() == [1, 2, 4] and result.frame.index.tolist() == [0, 3]
+    assert result.reasons.tolist() == ["unparseable", "unparseable", "outside the datetime64[ns] range (years "
+                                       "1677-2262)"]
+    assert pd.isna(result.frame.loc[3, "t"])  # missing stays missing; it is not an error
+    with pytest.warns(UserWarning, match="set to NaT"):
+        coerced = clean.to_utc(df, "t", errors="coerce")
+    assert len(coerced.frame) == 5 and coerced.frame["t"].isna().tolist() == [False, True, True, True, True]
+    assert coerced.changed.set_index("row")["reason"][[1, 2]].tolist() == ["unparseable"] * 2
+    with pytest.raises(ValueError, match="rows 1, 2 unparseable"):
+        clean.to_utc(df, "t", errors="raise")
+    with pytest.raises(ValueError, match="errors must be 'remove', 'coerce' or 'raise', got 'nat'"):
+        clean.to_utc(df, "t", errors="nat")
+    with pytest.raises(ValueError, match="unknown time zone"):
+        clean.to_utc(df, "t", assume_tz="Mars/Olympus")
+
+
+# ------------------------------------------------------------------------------------- ISO vs day-first
+# Every ISO 8601 spelling with a day <= 12 (where a day/month swap would still be a valid date), and the
+# instant it means, written out by hand.
+ISO = {
+    "2024-03-05T10:15:00Z": dt.datetime(2024, 3, 5, 10, 15, tzinfo=UTC),
+    "2024-03-05T10:15:00+02:00": dt.datetime(2024, 3, 5, 8, 15, tzinfo=UTC),
+    "2024-01-02T23:30:00-0530": dt.datetime(2024, 1, 3, 5, 0, tzinfo=UTC),
+    "2024-12-11T10:15:00.250Z": dt.datetime(2024, 12, 11, 10, 15, 0, 250000, tzinfo=UTC),
+    " 2024-03-05T10:15Z ": dt.datetime(2024, 3, 5, 10, 15, tzinfo=UTC),
+    "2024-03-05 10:15:00": dt.datetime(2024, 3, 5, 10, 15),  # naive: read in assume_tz
+    "2024-03-05T10:15": dt.datetime(2024, 3, 5, 10, 15),
+    "2024-04-06": dt.datetime(2024, 4, 6),
+}
+
+
+@pytest.mark.parametrize("assume_tz", ["UTC", "Europe/Paris"])
+@pytest.mark.parametrize("dayfirst", [True, False])
+def test_iso_values_parse_as_iso_whatever_dayfirst_says(dayfirst, assume_tz):
+    others = {"05/03/2024 10:15": dt.datetime(2024, 3, 5, 10, 15) if dayfirst else dt.datetime(2024, 5, 3, 10, 15),
+              "11/12/2024": dt.datetime(2024, 12, 11) if dayfirst else dt.datetime(2024, 11, 12)}
+    values = {**ISO, **others}
+    df = pd.DataFrame({"t": list(values)})
+    result = clean.to_utc(df, "t", assume_tz=assume_tz, dayfirst=dayfirst)
+    zone = ZoneInfo(assume_tz)
+    expected = [(v if v.tzinfo else v.replace(tzinfo=zone)).astimezone(UTC) for v in values.values()]
+    assert result.removed.empty
+    assert [ts.to_pydatetime() for ts in result.frame["t"]] == expected
+
+
+# ------------------------------------------------------------------------------------- DST gaps and overlaps
+def _kind(naive: dt.datetime, zone: ZoneInfo) -> str:
+    """zoneinfo's verdict on a wall-clock time: ok, nonexistent (in a gap) or ambiguous (in an overlap)."""
+    first, second = naive.replace(tzinfo=zone, fold=0), naive.replace(tzinfo=zone, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return "ok"
+    round_trip = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
+    return "ambiguous" if round_trip == naive else "nonexistent"
+
+
+def _wall_clock_cases(zone_name: str) -> dict[dt.datetime, str]:
+    """For each DST change of 2024 in a zone: the middle of the gap or overlap, and times around it."""
+    zone = ZoneInfo(zone_name)
+    cases = {}
+    step_ = dt.timedelta(minutes=15)
+    t = dt.datetime(2024, 1, 1, tzinfo=UTC)
+    while t.year == 2024:
+        old, new = t.astimezone(zone).utcoffset(), (t + step_).astimezone(zone).utcoffset()
+        if old != new:  # t + step_ is the first instant on the new offset
+            change = (t + step_).replace(tzinfo=None)
+            low, high = sorted([change + old, change + new])  # the wall-clock times skipped or repeated
+            cases[low + (high - low) / 2] = "nonexistent" if new > old else "ambiguous"
+            for around in (low - dt.timedelta(hours=2), high + dt.timedelta(hours=3)):
+                cases[around] = "ok"
+        t += step_
+    assert len(cases) == 6, zone_name  # two changes a year, three times each
+    assert all(_kind(naive, zone) == kind for naive, kind in cases.items())  # the hand-made cases agree
+    return cases
+
+
+ZONES = ["America/New_York", "Europe/Paris", "Australia/Sydney", "America/Santiago"]
+
+
+@pytest.mark.parametrize("zone_name", ZONES)
+def test_dst_gaps_and_overlaps_are_bad_rows_with_a_reason(zone_name):
+    cases = _wall_clock_cases(zone_name)
+    zone = ZoneInfo(zone_name)
+    df = pd.DataFrame({"t": [naive.strftime("%Y-%m-%d %H:%M") for naive in cases], "v": np.arange(len(cases))})
+    kinds = pd.Series(list(cases.values()), index=df.index)
+    bad = kinds[kinds != "ok"]
+    with pytest.warns(UserWarning, match=rf"{len(bad)} bad timestamp\(s\).*rows removed") as caught:
+        result = clean.to_utc(df, "t", assume_tz=zone_name)
+    message = str(caught[0].message)
+    for row, kind in bad.items():
+        assert f"row {row} {kind} in {zone_name}" in message
+    assert result.removed.index.tolist() == bad.index.tolist()
+    assert [reason.split(" ")[0] for reason in result.reasons] == bad.tolist()
+    good = [naive.replace(tzinfo=zone).astimezone(UTC) for naive, kind in cases.items() if kind == "ok"]
+    assert [ts.to_pydatetime() for ts in result.frame["t"]] == good
+
+    with pytest.warns(UserWarning, match="set to NaT"):
+        coerced = clean.to_utc(df, "t", assume_tz=zone_name, errors="coerce")
+    assert coerced.frame["t"].isna().tolist() == (kinds != "ok").tolist()
+    reasons = coerced.changed.set_index("row")["reason"]
+    assert [reasons[row].split(" ")[0] for row in bad.index] == bad.tolist()
+    with pytest.raises(ValueError, match=f"row {bad.index[0]} {bad.iloc[0]} in {zone_name}"):
+        clean.to_utc(df, "t", assume_tz=zone_name, errors="raise")
+
+
+def test_dst_change_in_a_pipeline_removes_the_row_and_goes_on():
+    df = pd.DataFrame({"t": ["2024-03-10 02:30", "2024-11-03 01:30", "2024-11-03 01:30-04:00", "2024-07-01 12:00"],
+                       "v": [1.0, np.nan, 3.0, np.nan]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = clean.pipeline(df, [step(clean.to_utc, column="t", assume_tz="America/New_York"),
+                                     step(clean.fill_missing, column="v", strategy="constant", value=0.0)])
+    assert [str(w.message) for w in caught] == [
+        "column 't' has 2 bad timestamp(s): row 0 nonexistent in America/New_York (clocks skip this hour at a DST "
+        "change); row 1 ambiguous in America/New_York (this hour happens twice at a DST change); rows removed"]
+    assert result.removed["reason"].str.split(" ").str[0].tolist() == ["nonexistent", "ambiguous"]
+    assert result.removed["removed_by"].tolist() == ["to_utc(t, America/New_York)"] * 2
+    # with its offset written, the repeated hour is one instant: kept
+    assert result.frame["t"].tolist() == [pd.Timestamp("2024-11-03 05:30", tz="UTC"),
+                                          pd.Timestamp("2024-07-01 16:00", tz="UTC")]
+    assert result.frame["v"].tolist() == [3.0, 0.0]

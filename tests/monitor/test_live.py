@@ -1,0 +1,36 @@
+"""The live view: text lines outside Jupyter, one updated display inside it."""
+
+from cookbook.monitor import TrainingMonitor, live
+from cookbook.monitor.live import LiveView, key_numbers
+from tests.monitor.loops import healthy_loop, mlp
+
+
+def test_live_view_prints_text_outside_jupyter(capsys):
+    view = LiveView(notebook=False, text_every_s=0.0, progress=False)
+    mon = healthy_loop(mlp(), steps=3)
+    mon.evaluate(0.7)
+    view.update(mon)
+    view.close(mon)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and out[0].startswith("step=2  loss=") and "val loss=0.7" in out[0]
+    numbers = key_numbers(mon)
+    assert numbers["step"] == 2 and numbers["alerts"] == 0 and numbers["val loss"] == 0.7
+
+
+def test_live_view_updates_one_display_in_jupyter(monkeypatch):
+    shown = []
+
+    class Handle:
+        def __init__(self, obj):
+            shown.append(("display", type(obj).__name__))
+
+        def update(self, obj):
+            shown.append(("update", type(obj).__name__))
+
+    monkeypatch.setattr(live, "display", lambda obj, display_id=None: Handle(obj))
+    mon = TrainingMonitor(hardware=False)
+    mon.live = LiveView(mon, notebook=True, every_s=0.0, progress=False)
+    healthy_loop(mlp(), steps=3, mon=mon)
+    mon.close()
+    assert shown[:2] == [("display", "Figure"), ("display", "HTML")]
+    assert shown[2:] == [("update", "Figure"), ("update", "HTML")] * 3  # 2 more steps + the final draw

@@ -1,0 +1,211 @@
+"""FGSM and PGD: a hand computation, torchattacks, the ε-ball and valid range, side effects, the robust table."""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cookbook import robust
+
+
+def _linear(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Linear(4, 3)
+    return model
+
+
+def _batch(n=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 4, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+
+
+def test_fgsm_equals_hand_computation_on_a_linear_model():
+    model, (x, y) = _linear(), _batch()
+    W, b = model.weight.detach().double().numpy(), model.bias.detach().double().numpy()
+    xs = x.double().numpy()
+    logits = xs @ W.T + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    grad = (p - np.eye(3)[y.numpy()]) @ W / len(xs)  # d mean-CE / dx of softmax regression
+    assert np.abs(grad).min() > 1e-6  # no sign too close to zero to trust
+    for eps in (0.05, 0.3):
+        expected = torch.clamp(x + eps * torch.from_numpy(np.sign(grad)).float(), 0, 1)
+        assert torch.equal(robust.fgsm(model, x, y, eps), expected)
+
+
+def test_fgsm_and_pgd_match_torchattacks(trained_cnn, test_batch):
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = test_batch
+    for eps in (0.05, 0.2):
+        assert torch.equal(robust.fgsm(trained_cnn, x, y, eps), torchattacks.FGSM(trained_cnn, eps=eps)(x, y))
+        ours = robust.pgd(trained_cnn, x, y, eps, alpha=eps / 4, steps=5, random_start=False)
+        theirs = torchattacks.PGD(trained_cnn, eps=eps, alpha=eps / 4, steps=5, random_start=False)(x, y)
+        assert torch.equal(ours, theirs)
+        ours = robust.pgd(trained_cnn, x, y, 10 * eps, alpha=3 * eps, steps=5, random_start=False, norm="l2")
+        theirs = torchattacks.PGDL2(trained_cnn, eps=10 * eps, alpha=3 * eps, steps=5, random_start=False)(x, y)
+        assert torch.equal(ours, theirs)
+    target = (y + 1) % 10
+    attack = torchattacks.PGD(trained_cnn, eps=0.1, alpha=0.025, steps=5, random_start=False)
+    attack.set_mode_targeted_by_label(quiet=True)
+    ours = robust.pgd(trained_cnn, x, target, 0.1, alpha=0.025, steps=5, random_start=False, targeted=True)
+    assert torch.equal(ours, attack(x, target))
+
+
+def test_one_pgd_step_of_size_eps_without_random_start_is_fgsm(trained_cnn, test_batch):
+    x, y = test_batch
+    for eps in (0.03, 0.1, 0.3):
+        pgd = robust.pgd(trained_cnn, x, y, eps, alpha=eps, steps=1, random_start=False)
+        assert torch.equal(pgd, robust.fgsm(trained_cnn, x, y, eps))
+
+
+ATTACKS = {
+    "fgsm": lambda m, x, y, eps, targeted: robust.fgsm(m, x, y, eps, targeted=targeted),
+    "pgd-linf": lambda m, x, y, eps, targeted: robust.pgd(m, x, y, eps, steps=4, targeted=targeted),
+    "pgd-linf-no-start": lambda m, x, y, eps, targeted: robust.pgd(m, x, y, eps, alpha=eps, steps=4,
+                                                                   random_start=False, targeted=targeted),
+    "pgd-l2": lambda m, x, y, eps, targeted: robust.pgd(m, x, y, eps, steps=4, norm="l2", targeted=targeted),
+}
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_perturbation_inside_the_ball_and_the_valid_range(trained_cnn, test_batch, name, targeted):
+    x, y = test_batch
+    torch.manual_seed(0)
+    for eps in (0.02, 0.1, 0.5, 2.0):
+        adv = ATTACKS[name](trained_cnn, x, y, eps, targeted)
+        assert adv.shape == x.shape and adv.dtype == x.dtype and not adv.requires_grad
+        assert adv.min() >= 0 and adv.max() <= 1
+        delta = (adv - x).flatten(1)
+        if name == "pgd-l2":
+            assert (delta.norm(dim=1) <= eps * (1 + 1e-5)).all()
+        else:
+            assert delta.abs().max() <= eps + 1e-6
+        assert delta.abs().max() > 0  # it did move
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm(trained_cnn, test_batch):
+    x, y = test_batch
+    ce = nn.functional.cross_entropy
+    for eps in (0.1, 0.2):
+        with torch.no_grad():
+            fgsm_out, pgd_out = (trained_cnn(robust.fgsm(trained_cnn, x, y, eps)),
+                                 trained_cnn(robust.pgd(trained_cnn, x, y, eps, alpha=eps / 4, steps=20,
+                                                        random_start=False)))
+        assert ce(pgd_out, y) >= ce(fgsm_out, y)
+        assert (pgd_out.argmax(1) == y).sum() <= (fgsm_out.argmax(1) == y).sum()
+
+
+def test_targeted_attack_moves_predictions_to_the_target(trained_cnn, test_batch):
+    x, y = test_batch
+    target = (y + 3) % 10
+    before = (trained_cnn(x).argmax(1) == target).float().mean()
+    adv = robust.pgd(trained_cnn, x, target, 0.3, steps=20, targeted=True)
+    after = (trained_cnn(adv).argmax(1) == target).float().mean()
+    assert before < 0.1 and after > 0.8
+    # the untargeted attack with the same labels pushes away from them instead
+    away = robust.pgd(trained_cnn, x, target, 0.3, steps=20)
+    assert (trained_cnn(away).argmax(1) == target).float().mean() <= before
+
+
+def test_attacks_leave_model_modes_gradients_and_inputs_as_they_were(trained_cnn, test_batch):
+    model = robust.cnn(0.3, 0.37, channels=(8, 16), seed=1)
+    model.load_state_dict(trained_cnn.state_dict())
+    model.train()
+    model[1].eval()  # a submodule frozen in eval mode by its owner must stay so
+    params = list(model.parameters())
+    params[0].grad = torch.randn_like(params[0])
+    grads = [None if p.grad is None else p.grad.clone() for p in params]
+    seen_modes = []
+    hook = model[2].register_forward_pre_hook(lambda m, _: seen_modes.append(m.training))
+    x, y = test_batch
+    x_leaf = x.clone().requires_grad_(True)
+    for attack in (functools.partial(robust.fgsm, eps=0.1), functools.partial(robust.pgd, eps=0.1, steps=2),
+                   functools.partial(robust.pgd, eps=1.0, steps=2, norm="l2")):
+        for inputs in (x, x_leaf):
+            before = inputs.detach().clone()
+            attack(model, inputs, y)
+            assert torch.equal(inputs.detach(), before) and inputs.grad is None
+    hook.remove()
+    assert seen_modes and not any(seen_modes)  # attacked in eval mode (dropout and batch-norm statistics off)
+    assert model.training and not model[1].training and all(m.training for i, m in enumerate(model) if i != 1)
+    assert x_leaf.requires_grad and not x.requires_grad
+    for p, g in zip(params, grads, strict=True):
+        assert (p.grad is None) if g is None else torch.equal(p.grad, g)
+
+
+def test_attacks_work_under_no_grad(trained_cnn, test_batch):
+    x, y = test_batch
+    with torch.no_grad():
+        adv = robust.pgd(trained_cnn, x, y, 0.1, steps=2, random_start=False)
+    assert torch.equal(adv, robust.pgd(trained_cnn, x, y, 0.1, steps=2, random_start=False))
+
+
+def test_perturb_finds_the_known_optimum_of_a_linear_loss():
+    gen = torch.Generator().manual_seed(0)
+    x, g = torch.randn(2, 5, 8, generator=gen), torch.randn(2, 5, 8, generator=gen)
+    loss = lambda v: (v * g).sum()  # noqa: E731  maximised over a ball at x + eps * (direction of g)
+    per_token = robust.perturb(loss, x, 0.5, alpha=1.0, steps=1, norm="l2", random_start=False, clamp=None,
+                               norm_dims=(-1,))
+    torch.testing.assert_close(per_token, x + 0.5 * g / g.norm(dim=-1, keepdim=True))
+    per_example = robust.perturb(loss, x, 0.5, alpha=1.0, steps=1, norm="l2", random_start=False, clamp=None)
+    torch.testing.assert_close(per_example, x + 0.5 * g / g.flatten(1).norm(dim=1).view(2, 1, 1))
+    linf = robust.perturb(loss, x, 0.5, alpha=0.2, steps=5, random_start=False, clamp=None)
+    torch.testing.assert_close(linf, x + 0.5 * g.sign())
+    assert torch.equal(robust.perturb(loss, x, 0.0, clamp=None), x)
+
+
+def test_robust_accuracy_table_by_hand():
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))  # predicts the larger coordinate
+    x = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    y = torch.tensor([0, 1, 1, 0])  # clean: right, right, wrong, wrong
+    loader = [(x[:2], y[:2]), (x[2:], y[2:])]
+
+    def swap_above_0_2(m, inputs, labels, eps):  # a stand-in attack: flips every prediction from eps 0.2 on
+        return inputs.flip(-1) if eps >= 0.2 else inputs
+
+    table = robust.robust_accuracy(model, loader, swap_above_0_2, [0, 0.1, 0.3])
+    assert list(table.columns) == ["clean_accuracy", "robust_accuracy", "attack_success_rate", "examples"]
+    assert table["clean_accuracy"].tolist() == [0.5, 0.5, 0.5] and table["examples"].tolist() == [4, 4, 4]
+    # at 0.3 the third example becomes right, but it was wrong clean: robust accuracy counts it as wrong
+    assert table["robust_accuracy"].tolist() == [0.5, 0.5, 0.0]
+    assert table["attack_success_rate"].tolist() == [0.0, 0.0, 1.0]
+    first3 = robust.robust_accuracy(model, loader, swap_above_0_2, [0.3], max_examples=3)
+    assert first3.loc[0.3, "examples"] == 3 and first3.loc[0.3, "clean_accuracy"] == pytest.approx(2 / 3)
+    assert robust.accuracy(model, loader) == 0.5
+
+
+def test_robust_accuracy_of_a_trained_model_falls_with_eps(trained_cnn, digits_loaders):
+    table = robust.robust_accuracy(trained_cnn, digits_loaders[1], functools.partial(robust.pgd, steps=5),
+                                   [0, 0.1, 0.3], max_examples=128)
+    assert table.loc[0.0, "robust_accuracy"] == table.loc[0.0, "clean_accuracy"] > 0.8
+    assert table.loc[0.3, "robust_accuracy"] < table.loc[0.1, "robust_accuracy"] < table.loc[0.0, "robust_accuracy"]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, x, y: robust.fgsm(m, x, y, -0.1), "eps must be a finite number >= 0, got -0.1"),
+    (lambda m, x, y: robust.pgd(m, x, y, float("nan")), "eps must be"),
+    (lambda m, x, y: robust.pgd(m, x, y, 0.1, norm="l3"), "norm must be one of linf, l2, got 'l3'"),
+    (lambda m, x, y: robust.pgd(m, x, y, 0.1, steps=0), "steps must be a positive int, got 0"),
+    (lambda m, x, y: robust.pgd(m, x, y, 0.1, alpha=-1.0), "alpha .* must be a number > 0, got -1.0"),
+    (lambda m, x, y: robust.fgsm(m, x * 4 - 1, y, 0.1), r"valid range \[0.0, 1.0\].*Normalize"),
+    (lambda m, x, y: robust.fgsm(m, x, y[:3], 0.1), "one per example"),
+    (lambda m, x, y: robust.fgsm(m, x, y.float(), 0.1), "integer class labels"),
+    (lambda m, x, y: robust.fgsm(m, x, y, 0.1, clamp=(1, 0)), "low < high"),
+    (lambda m, x, y: robust.robust_accuracy(m, [(x, y)], robust.fgsm, []), "at least one radius"),
+    (lambda m, x, y: robust.robust_accuracy(m, [x], robust.fgsm, [0.1]), r"\(inputs, labels\) batches"),
+])
+def test_bad_input_is_a_clear_error(call, match):
+    model, (x, y) = _linear(), _batch()
+    with pytest.raises(ValueError, match=match):
+        call(model, x, y)
+
+
+def test_integer_images_are_rejected():
+    model, (x, y) = _linear(), _batch()
+    with pytest.raises(TypeError, match="floating-point"):
+        robust.fgsm(model, (x * 255).long(), y, 0.1)

@@ -1,0 +1,66 @@
+"""The committed notebooks are clean (DESIGN.md, notebook conventions): executed top to bottom, small, no stale
+widgets, no paths of the machine that ran them, and the first output names the profile, device and commit."""
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _code_cells(nb):
+    return [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+
+
+def _texts(cell) -> list[str]:
+    out = []
+    for o in cell.get("outputs", []):
+        if o.get("output_type") == "stream":
+            out.append("".join(o["text"]))
+        for key in ("text/plain", "text/html"):
+            out.append("".join(o.get("data", {}).get(key, "")))
+    return out
+
+
+def test_the_series_is_numbered_without_gaps():
+    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
+    assert numbers == list(range(len(numbers))), numbers
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_committed_notebook_is_clean(path):
+    nb = json.loads(path.read_text())
+    cells = _code_cells(nb)
+    counts = [c["execution_count"] for c in cells]
+    assert None not in counts and counts == list(range(1, len(cells) + 1)), "execute top to bottom, in one kernel"
+    assert path.stat().st_size < 1_000_000, f"{path.stat().st_size / 1e6:.2f} MB: keep notebooks well under 1 MB"
+    assert "widgets" not in nb.get("metadata", {}), "saved widget state: strip it before committing"
+    kernel = nb["metadata"]["kernelspec"]
+    assert kernel["name"] == "python3", kernel
+
+    outputs = json.dumps([c.get("outputs", []) for c in cells])
+    for marker in ("/root/", "/home/", "/tmp/ipykernel", "/Users/", str(Path(__file__).parents[1])):
+        assert marker not in outputs, f"an output shows a path of the machine that ran it ({marker})"
+    assert "application/vnd.jupyter.widget-view+json" not in outputs, "a stale progress widget in the outputs"
+
+    first = "".join(_texts(cells[0]))
+    assert re.search(r"profile (smoke|full) · device \S+ · seed \d+ · commit \S+", first), first[:200]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_no_record_dict_is_echoed_and_no_warning_is_printed_twice(path):
+    nb = json.loads(path.read_text())
+    for cell in _code_cells(nb):
+        body = ast.parse("\n".join(line for line in "".join(cell["source"]).splitlines()
+                                   if not line.lstrip().startswith(("%", "!")))).body
+        last = body[-1] if body else None
+        echoed = (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+                  and getattr(last.value.func, "id", None) == "record"
+                  and not "".join(cell["source"]).rstrip().endswith(";"))  # IPython shows no value after ";"
+        assert not echoed, "record(...) as the last expression echoes its dict: make it a statement"
+        stderr = ["".join(o["text"]) for o in cell.get("outputs", []) if o.get("name") == "stderr"]
+        lines = [line for text in stderr for line in text.splitlines() if "Warning" in line]
+        assert len(lines) == len(set(lines)), f"a warning printed twice: {lines}"
