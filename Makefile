@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= dev,semantic,monitor
+EXTRAS ?= dev,semantic,monitor,privacy
 # Pins follow the venv's Python once it exists, else $(PYTHON)'s.
 PYVER  := $(or $(shell { $(BIN)/python -V || $(PYTHON) -V; } 2>/dev/null | sed -E 's/Python (3\.[0-9]+).*/\1/'),unknown)
 CONSTRAINTS := requirements/constraints-py$(subst .,,$(PYVER)).txt
@@ -33,6 +33,9 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	    exit 1; }; }
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -W "ignore:Editable installation:UserWarning" -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	# The reference implementation tests/robust compares our attacks with; without --no-deps it would pull
+	# torchvision and a CUDA torch, which its attacks do not need.
+	$(BIN)/python -m pip install -q --no-deps -c $(CONSTRAINTS) torchattacks
 	touch $@
 
 # After changing packages in the venv and a green `make test`: write its exact versions as its Python's pins.
@@ -55,7 +58,7 @@ run: $(STAMP)
 test: lint unit nbval
 
 lint: $(STAMP)
-	$(BIN)/ruff check cookbook tests benchmarks notebooks
+	$(BIN)/ruff check cookbook tests benchmarks notebooks tools
 	$(BIN)/lint-imports
 
 unit: $(STAMP)

@@ -43,7 +43,11 @@ def setup(seed: int = 0, profile_name: str | None = None) -> Profile:
 
 
 def commit() -> str:
-    """Short git commit of the cookbook code (with '+changes' if `cookbook/` differs from it), or 'unknown'."""
+    """Short git commit of the cookbook code (with '+changes' if `cookbook/` differs from it), or 'unknown'.
+
+    $COOKBOOK_COMMIT wins: a copy without `.git` (the GPU pass's machine) is told which commit it is."""
+    if os.environ.get("COOKBOOK_COMMIT"):
+        return os.environ["COOKBOOK_COMMIT"]
     root = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -146,15 +150,11 @@ _ROOT = Path(__file__).resolve().parents[1]  # the source checkout: requirements
 
 
 def pins_file(root: Path = _ROOT, python: tuple[int, int] | None = None) -> Path | None:
-    """The tested pins for this Python: requirements/constraints-py3XX.txt, else requirements/constraints.txt.
-
-    None when neither exists (a wheel install has no requirements/ folder).
-    """
+    """The tested pins for this Python, requirements/constraints-py3XX.txt; None without one (an unsupported
+    Python, or a wheel install, which has no requirements/ folder)."""
     major, minor = python or sys.version_info[:2]
-    for name in (f"constraints-py{major}{minor}.txt", "constraints.txt"):
-        if (root / "requirements" / name).is_file():
-            return root / "requirements" / name
-    return None
+    path = root / "requirements" / f"constraints-py{major}{minor}.txt"
+    return path if path.is_file() else None
 
 
 def read_pins(path) -> dict[str, str]:

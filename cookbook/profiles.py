@@ -185,7 +185,7 @@ PROFILES: dict[str, Profile] = {
                            pgd_steps=10, train_pgd_steps=3, eval_examples=200, lm_steps=12, lm_eps=0.5,
                            lm_eval_batches=2, dp_epsilons=(1.0, 3.0, 8.0), dp_epochs=5, dp_lr=1e-2,
                            accountant="rdp"),
-        quant=QuantSizes(eval_batches=4, calibration_batches=2, latency_batch=1, repeats=15, warmup=2, qat_steps=12,
+        quant=QuantSizes(eval_batches=4, calibration_batches=2, latency_batch=1, repeats=10, warmup=2, qat_steps=12,
                          qat_lr=1e-3, sparsities=(0.2, 0.5, 0.8)),
     ),
     "full": Profile(

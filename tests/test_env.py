@@ -1,4 +1,5 @@
 import random
+import re
 import warnings
 
 import numpy as np
@@ -86,10 +87,9 @@ def test_read_pins(tmp_path):
 def test_pins_file_for_this_python(tmp_path):
     assert env.pins_file(tmp_path) is None  # no requirements/ folder: a wheel install
     (tmp_path / "requirements").mkdir()
-    (tmp_path / "requirements" / "constraints.txt").write_text("")
     (tmp_path / "requirements" / "constraints-py312.txt").write_text("")
     assert env.pins_file(tmp_path, (3, 12)).name == "constraints-py312.txt"
-    assert env.pins_file(tmp_path, (3, 11)).name == "constraints.txt"  # the fallback
+    assert env.pins_file(tmp_path, (3, 9)) is None  # an unsupported Python has no tested pins
 
 
 def test_check_packages_marks_each_status(tmp_path, monkeypatch):
@@ -124,3 +124,10 @@ def test_setup_prints_profile_device_seed_and_commit(capsys):
     line = capsys.readouterr().out
     assert P.name == "smoke" and line.startswith("profile smoke · device cpu · seed 3 · commit ")
     assert torch.initial_seed() == 3
+
+
+def test_commit_names_the_code_or_what_the_environment_says(monkeypatch):
+    monkeypatch.delenv("COOKBOOK_COMMIT", raising=False)
+    assert re.fullmatch(r"[0-9a-f]{7,}(\+changes)?|unknown", env.commit())
+    monkeypatch.setenv("COOKBOOK_COMMIT", "abc1234")  # a copy without .git, told by the GPU pass
+    assert env.commit() == "abc1234"

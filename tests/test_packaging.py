@@ -26,7 +26,8 @@ else:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 PINS = ROOT / "requirements"
 CONDA_TO_PIP = {"pytorch": "torch"}
-EXTRAS_INSTALLED = ("dev", "semantic", "monitor")  # what `make install` installs (Makefile EXTRAS)
+# The extras that `make install` installs, read from the Makefile (EXTRAS ?= ...)
+EXTRAS_INSTALLED = tuple(re.search(r"^EXTRAS \?= (.+)$", (ROOT / "Makefile").read_text(), re.M)[1].split(","))
 
 
 def _pyproject() -> dict:

@@ -39,6 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_BENCHMARKS = ("train_step", "monitor_overhead", "train_throughput")  # those that exist are run
+# On a CPU the pass proves the plumbing, not the speed: a few steps per benchmark configuration.
+SMOKE_BENCH_ARGS = {"train_step": ["--steps", "2"], "monitor_overhead": ["--steps", "2", "--repeats", "1"]}
 CPU_LANE = ("00", "01", "02")  # notebooks that never train: they run next to the GPU lane
 # A notebook that calls these reads the profile's corpus, tokenizer or blocks: it waits for the corpus step.
 _CORPUS_CALLS = ("for_profile(", "blocks_for_profile(", "pretrained(", "sources.")
@@ -314,11 +316,12 @@ def plan(profile: str, only: list[str] | None, cpu_lane: tuple[str, ...], out: P
     if "tests" in wanted:  # first on the GPU: it needs no corpus, so it runs while the corpus is built
         command = [python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors",
                    f"--junitxml={out / 'pytest-gpu.xml'}", "tests"]
-        lanes["gpu"].insert(0, Step("pytest-gpu", "gpu", command, 300))
+        lanes["gpu"].insert(0, Step("pytest-gpu", "gpu", command, 300,
+                                    after=lambda step, status: _last_line(out / "logs" / f"{step.name}.log")))
     for name in benches:
         if name in wanted:
             script = ROOT / "benchmarks" / f"{name}.py"
-            command = [python, str(script)]
+            command = [python, str(script), *(SMOKE_BENCH_ARGS.get(name, []) if profile == "smoke" else [])]
             if '"--json"' in script.read_text():
                 command += ["--json", str(out / "benchmarks" / f"{name}.result.json")]
             lanes["gpu"].append(Step(f"bench-{name}", "gpu", command, 300, after=_bench_note(name, out / "benchmarks")))

@@ -11,7 +11,7 @@ import shutil
 from transformers import DeepseekV3ForCausalLM
 
 from cookbook import env, models, profiles
-from cookbook.data import corpus, tokenizer
+from cookbook.data import corpus, sources, tokenizer
 from cookbook.train.batches import loader
 from cookbook.train.trainer import TrainConfig, Trainer
 
@@ -31,7 +31,7 @@ def pretrained(name: str | None = None, profile: profiles.Profile | str | None =
     name = name or P.model.name
     if name not in models.CONFIGS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(models.CONFIGS)}")
-    ds = corpus.load()
+    ds = sources.for_profile(P)  # the stdlib sample in smoke, the environment corpus in full
     recipe = dict(model=name, sizes=models.CONFIGS[name], corpus=corpus.fingerprint(ds), recipe=3,
                   data=dataclasses.asdict(P.data), train=dataclasses.asdict(P.train))
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]

@@ -11,6 +11,7 @@ from torch import nn
 from cookbook import checkpoint, models, profiles, train
 from cookbook.data import corpus, tokenizer
 from cookbook.monitor import NonFiniteError, TrainingAlertWarning, TrainingMonitor, failures
+from cookbook.train.memory import set_checkpointing
 from tests.monitor.loops import data, healthy_loop, mlp, sgd_until_stopped, token_loaders
 
 
@@ -113,7 +114,7 @@ def test_monitor_on_its_own_loop_does_not_count_padding():
 
 def test_expert_load_is_counted_once_under_gradient_checkpointing():
     model = models.build("tiny", 64)
-    model.activation_checkpointing_enable({"use_reentrant": False})
+    set_checkpointing(model, True)  # the cookbook's switch: transformers 5.17-5.20 name the method differently
     model.train()
     mon = TrainingMonitor(hardware=False).watch(model)
     ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
