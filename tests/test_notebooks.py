@@ -25,9 +25,12 @@ def _texts(cell) -> list[str]:
     return out
 
 
-def test_the_series_is_numbered_without_gaps():
-    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
-    assert numbers == list(range(len(numbers))), numbers
+def test_each_notebook_has_its_own_number_and_a_readme_row():
+    numbers = [p.name[:2] for p in NOTEBOOKS]
+    assert len(numbers) == len(set(numbers)) and numbers[0] == "00", numbers
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for path in NOTEBOOKS:
+        assert f"(notebooks/{path.name})" in readme, f"README's notebook table has no row for {path.name}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
