@@ -352,7 +352,7 @@ class TrainingMonitor:
             trainer.should_stop, trainer.stop_reason = True, self.stop_reason
 
 
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # the whole cookbook package, not only monitor/
 
 
 def _caller_level() -> int:
