@@ -343,7 +343,7 @@ class TrainingMonitor:
         for sink in self.sinks:
             sink.alert(alert)
         if self.warn:  # attributed to the caller's line (your loop, or `trainer.fit()`), not to library code
-            warnings.warn(str(alert), TrainingAlertWarning, stacklevel=_caller_level())
+            _warn_at_caller(str(alert))
         if alert.kind in self.stop_on and not self.should_stop:
             self.should_stop, self.stop_reason = True, str(alert)
 
@@ -362,6 +362,19 @@ def _caller_level() -> int:
                                  or "/torch/" in frame.f_code.co_filename):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _warn_at_caller(message: str) -> None:
+    """Warn at the caller's line; a notebook cell is named "cell" (its file is a temporary path of the machine)."""
+    level = _caller_level()  # counted from this function (stacklevel 1)
+    frame = sys._getframe(0)
+    for _ in range(level - 1):
+        frame = frame.f_back
+    if frame is not None and "/ipykernel_" in frame.f_code.co_filename:
+        warnings.warn_explicit(message, TrainingAlertWarning, "cell", frame.f_lineno, module="__main__",
+                               registry=frame.f_globals.setdefault("__warningregistry__", {}))
+    else:
+        warnings.warn(message, TrainingAlertWarning, stacklevel=level)
 
 
 def _lr(optimizer) -> float | None:
