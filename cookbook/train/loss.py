@@ -28,8 +28,11 @@ def token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def backward_micro_batches(model, micro_batches, *, normalize: str = "tokens", precision: str = "fp32",
-                           scaler=None, balancer=None, device=None) -> torch.Tensor:
+                           scaler=None, balancer=None, device=None, loss_fn=token_loss) -> torch.Tensor:
     """Forward + backward over the micro-batches of one optimizer step; returns the step's mean loss.
+
+    `loss_fn(model, batch)` returns the loss summed over the batch's target tokens (`token_loss` by default;
+    distillation passes its own objective with the same contract).
 
     The gradients left in `.grad` are those of the mean loss over every target token of the step, exactly
     as if the micro-batches were one big batch (`normalize="tokens"`). `normalize="steps"` is the naive
@@ -48,7 +51,7 @@ def backward_micro_batches(model, micro_batches, *, normalize: str = "tokens", p
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         recording = balancer.recording() if balancer is not None else contextlib.nullcontext()
         with amp.autocast(precision, device), recording:
-            loss_sum = token_loss(model, batch)
+            loss_sum = loss_fn(model, batch)
         if normalize == "tokens":
             # Divide by the target tokens of the WHOLE step, not of this micro-batch: the k backward passes
             # then add up to exactly the big-batch gradient. (`mean / k` over-weights the tokens of short

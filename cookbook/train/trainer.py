@@ -108,8 +108,12 @@ class TrainConfig:
 class Trainer:
     """Trains a causal LM; see the module docstring. `history` is a DataFrame of the logged steps."""
 
-    def __init__(self, model, train_loader, val_loader=None, config: TrainConfig | None = None, callbacks=()):
+    def __init__(self, model, train_loader, val_loader=None, config: TrainConfig | None = None, callbacks=(), *,
+                 loss_fn=token_loss):
+        """`loss_fn(model, batch)` is the training loss summed over target tokens (see `backward_micro_batches`);
+        `evaluate` always reports `token_loss`, so validation losses stay comparable across objectives."""
         self.config = c = config or TrainConfig()
+        self.loss_fn = loss_fn
         self.device = torch.device(c.device) if c.device else env.device()
         ok, why = amp.supported(c.precision, self.device)
         if not ok:
@@ -195,7 +199,7 @@ class Trainer:
         micro_batches = [self._check_batch(self._next_batch(), "train_loader") for _ in range(c.grad_accum)]
         self.model.train()
         loss = backward_micro_batches(self._forward, micro_batches, precision=c.precision, scaler=self.scaler,
-                                      balancer=self.balancer, device=self.device)
+                                      balancer=self.balancer, device=self.device, loss_fn=self.loss_fn)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # true gradients from here on (clipping needs them)
         self._callback("on_after_backward", loss)

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cookbook import models, robust, train
-
-VOCAB = 96
+from tests.blocks import VOCAB, counting_ids
 
 
 def test_pgd_trained_model_is_more_robust_at_the_trained_eps(digits_loaders):
@@ -72,12 +71,6 @@ def _lm(seed=0):
     return models.build("tiny", VOCAB, seed=seed)
 
 
-def _blocks(n=8, seq_len=16, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    start, stride = torch.randint(0, VOCAB, (n, 1), generator=gen), torch.randint(1, 4, (n, 1), generator=gen)
-    return (start + stride * torch.arange(seq_len)) % VOCAB
-
-
 def _mean_token_loss(model, ids):
     with torch.no_grad():
         logits = model(input_ids=ids).logits
@@ -86,7 +79,7 @@ def _mean_token_loss(model, ids):
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_embedding_pgd_stays_in_the_ball_raises_the_loss_and_leaves_the_model_alone(norm):
-    model, ids = _lm(), _blocks()
+    model, ids = _lm(), counting_ids(8, 16)
     model.train()
     params = list(model.parameters())
     params[0].grad = torch.ones_like(params[0])
@@ -107,7 +100,7 @@ def test_embedding_pgd_stays_in_the_ball_raises_the_loss_and_leaves_the_model_al
 
 
 def test_lm_robustness_clean_row_is_the_mean_token_loss():
-    model, ids = _lm().eval(), _blocks(n=8)
+    model, ids = _lm().eval(), counting_ids(8, 16)
     loader = [{"input_ids": ids[:4]}, {"input_ids": ids[4:]}]
     table = robust.lm_robustness(model, loader, [0, 0.05, 0.2], steps=2)
     assert table.loc[0.0, "loss"] == pytest.approx(_mean_token_loss(model, ids), rel=1e-5)
@@ -129,7 +122,7 @@ class _Loader:
 
 def _fit(model, steps=3):
     config = train.TrainConfig(steps=steps, lr=3e-3, log_interval=1, progress=False, device="cpu", moe_gamma=0.0)
-    return train.Trainer(model, _Loader(_blocks(n=12)), None, config).fit()["loss"].tolist()
+    return train.Trainer(model, _Loader(counting_ids(12, 16)), None, config).fit()["loss"].tolist()
 
 
 def test_embedding_adversary_on_the_trainer():
@@ -143,7 +136,7 @@ def test_embedding_adversary_on_the_trainer():
     assert adversarial[0] > plain[0] + 0.01  # the same weights and batch, a perturbed input: a higher loss
     lm = wrapped.model
     assert any(p.grad is None for p in lm.parameters())  # the Trainer zeroed them: nothing left by the attack
-    ids = _blocks(n=2)
+    ids = counting_ids(2, 16)
     wrapped.eval()
     with torch.no_grad():
         assert torch.equal(wrapped(input_ids=ids).logits, lm(input_ids=ids).logits)  # eval: the plain model

@@ -11,29 +11,10 @@ import torch
 from cookbook import checkpoint, env, models, profiles, train
 from cookbook.models import moe
 from cookbook.monitor import EarlyStopping, TrainingMonitor
+from tests.blocks import VOCAB, Blocks
+from tests.blocks import loader as _loader
 
-VOCAB = 96
 FIRST_LOSS, LAST_LOSS = 4.583266, 4.150949  # test_seeded_run_is_pinned: computed once, on CPU (torch 2.13)
-
-
-class _Blocks(torch.utils.data.Dataset):
-    """Seeded learnable token blocks, {"input_ids": ...}: counting mod VOCAB from a random start, step 1-3."""
-
-    def __init__(self, n=48, seq_len=24, seed=0):
-        gen = torch.Generator().manual_seed(seed)
-        start = torch.randint(0, VOCAB, (n, 1), generator=gen)
-        stride = torch.randint(1, 4, (n, 1), generator=gen)
-        self.ids = (start + stride * torch.arange(seq_len)) % VOCAB
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i]}
-
-
-def _loader(n=48, seq_len=24, batch=4, seed=0, shuffle=True):
-    return train.loader(_Blocks(n, seq_len, seed), batch, shuffle=shuffle, seed=seed)
 
 
 def _config(**kw):
@@ -82,7 +63,7 @@ def test_naive_mean_over_micro_steps_does_not():
 
 def test_accumulated_loss_is_the_big_batch_mean():
     model = models.build("tiny", VOCAB, seed=0, experts_implementation="eager").double()
-    blocks = _Blocks(8, 16).ids
+    blocks = Blocks(8, 16).ids
     big = train.backward_micro_batches(model, [blocks], device="cpu")
     micro = train.backward_micro_batches(model, [blocks[:2], blocks[2:5], blocks[5:]], device="cpu")
     with torch.no_grad():  # reference: the mean cross-entropy over every target token, in float64
@@ -95,7 +76,7 @@ def test_accumulated_loss_is_the_big_batch_mean():
 
 
 def test_accumulation_with_aux_loss_is_exact_for_equal_lengths():
-    blocks = _Blocks(6, 16).ids
+    blocks = Blocks(6, 16).ids
     grads = []
     for parts in ([blocks], [blocks[:2], blocks[2:3], blocks[3:]]):
         model = models.build("tiny", VOCAB, seed=0, experts_implementation="eager").double()
@@ -166,7 +147,7 @@ def test_loader_is_deterministic_and_checks_size():
     again = [b["input_ids"] for b in _loader(seed=3)]
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     with pytest.raises(ValueError, match="cannot fill one batch"):
-        train.loader(_Blocks(3), 4)
+        train.loader(Blocks(3), 4)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -187,11 +168,29 @@ def test_training_reduces_loss_and_logs_history():
     assert (history["skipped"] == 0).all() and history["scale"].isna().all()  # no scaler outside fp16
 
 
+def test_a_custom_loss_trains_and_validation_stays_token_loss():
+    calls = []
+
+    def tripled(model, batch):  # same contract as token_loss: a sum over target tokens
+        calls.append(len(batch["input_ids"]))
+        return 3 * train.token_loss(model, batch)
+
+    runs = {}
+    for name, kw in (("default", {}), ("tripled", {"loss_fn": tripled})):
+        trainer = train.Trainer(models.build("tiny", VOCAB, seed=0), _loader(), _loader(seed=1, shuffle=False),
+                                _config(steps=2, eval_interval=1, grad_accum=2), **kw)
+        runs[name] = trainer.fit()
+    assert calls == [4] * 4  # 2 steps x 2 micro-batches, none of them evaluation
+    assert runs["tripled"]["loss"].iloc[0] == pytest.approx(3 * runs["default"]["loss"].iloc[0], rel=1e-6)
+    # Adam is invariant to the gradient's scale (up to eps), and evaluate ignores loss_fn: same val_loss
+    assert runs["tripled"]["val_loss"].tolist() == pytest.approx(runs["default"]["val_loss"].tolist(), rel=1e-4)
+
+
 def test_a_dataset_instead_of_a_loader_is_a_clear_error():
-    blocks = datasets.Dataset.from_dict({"input_ids": _Blocks(8, 16).ids.tolist()})
+    blocks = datasets.Dataset.from_dict({"input_ids": Blocks(8, 16).ids.tolist()})
     model = models.build("tiny", VOCAB)
     for name, args in [("train_loader", (blocks,)), ("val_loader", (_loader(), blocks)),
-                       ("train_loader", (_Blocks(8, 16),))]:  # a torch map-style Dataset yields examples too
+                       ("train_loader", (Blocks(8, 16),))]:  # a torch map-style Dataset yields examples too
         with pytest.raises(TypeError, match=rf"{name} is a \w+, which yields single examples; .* "
                                             r"cookbook.train.loader\(dataset, batch_size\)"):
             train.Trainer(model, *args, config=_config())
