@@ -6,6 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 EXTRAS ?= dev,semantic,monitor,privacy
+# WHEELS=folder installs from that folder only, with no package index (the workshop archive's wheelhouse/).
+WHEELS ?=
+PIP_SOURCES := $(if $(WHEELS),--no-index --find-links $(abspath $(WHEELS)))
 # Pins follow the venv's Python once it exists, else $(PYTHON)'s.
 PYVER  := $(or $(shell { $(BIN)/python -V || $(PYTHON) -V; } 2>/dev/null | sed -E 's/Python (3\.[0-9]+).*/\1/'),unknown)
 CONSTRAINTS := requirements/constraints-py$(subst .,,$(PYVER)).txt
@@ -17,7 +20,7 @@ LAB_FLAGS := --LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u))
 # No "get Jupyter news?" pop-up and no update check (both would fetch from the web): a settings default of ours.
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/cookbook.json
 
-.PHONY: install pins run test lint unit nbval lab bench clean
+.PHONY: install pins run test lint unit nbval lab bench clean book test-browser workshop offline-install
 
 install: $(STAMP)
 
@@ -31,11 +34,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	    echo "Could not create $(VENV) with $(PYTHON). On Debian/Ubuntu install the venv module first:" \
 	         "'sudo apt install python3-venv' (or python3.X-venv for python3.X), then run make again." >&2; \
 	    exit 1; }; }
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -W "ignore:Editable installation:UserWarning" -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q $(PIP_SOURCES) --upgrade pip
+	$(BIN)/python -W "ignore:Editable installation:UserWarning" -m pip install -q $(PIP_SOURCES) -c $(CONSTRAINTS) \
+	  -e ".[$(EXTRAS)]"
 	# The reference implementation tests/robust compares our attacks with; without --no-deps it would pull
 	# torchvision and a CUDA torch, which its attacks do not need.
-	$(BIN)/python -m pip install -q --no-deps -c $(CONSTRAINTS) torchattacks
+	$(BIN)/python -m pip install -q $(PIP_SOURCES) --no-deps -c $(CONSTRAINTS) torchattacks
 	touch $@
 
 # After changing packages in the venv and a green `make test`: write its exact versions as its Python's pins.
@@ -62,7 +66,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 unit: $(STAMP)
-	COOKBOOK_PROFILE=smoke $(BIN)/python -m pytest -q tests
+	COOKBOOK_PROFILE=smoke $(BIN)/python -m pytest -q -m "not browser" tests
 
 nbval: $(STAMP)
 	COOKBOOK_PROFILE=smoke $(BIN)/python -m pytest -q --nbval-lax notebooks
@@ -70,6 +74,26 @@ nbval: $(STAMP)
 # Extra arguments: make lab LAB_ARGS="--port 8890 --no-browser"
 lab: $(STAMP) $(LAB_SETTINGS)
 	$(BIN)/jupyter lab $(LAB_FLAGS) $(LAB_ARGS) notebooks
+
+# JupyterLab and the book in headless Chromium (Debian: apt-get install chromium); screenshots in runs/browser/.
+test-browser: $(STAMP) $(LAB_SETTINGS)
+	COOKBOOK_PROFILE=smoke $(BIN)/python -m pytest -q -m browser tests/browser
+
+# The executed notebooks as a static site, offline: build/book/index.html (tools/book.py).
+book: $(STAMP)
+	$(BIN)/python tools/book.py
+
+# One archive for a room of laptops without package-index access (tools/workshop.py): the tree, a wheelhouse
+# and the profile's cached tokenizer and pretrained model. On each laptop: make offline-install && make lab.
+workshop: $(STAMP)
+	$(BIN)/python tools/workshop.py pack $(if $(OUT),--out $(OUT))
+
+offline-install:
+	$(MAKE) install WHEELS=wheelhouse
+	mkdir -p "$${COOKBOOK_CACHE:-$$HOME/.cache/cookbook}" && cp -R cache/. "$${COOKBOOK_CACHE:-$$HOME/.cache/cookbook}/"
+
+print-%:
+	@echo $($*)
 
 bench: $(STAMP)
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
