@@ -20,11 +20,12 @@ from cookbook import compress, env, models, profiles
 
 
 def variants(model, device: torch.device, calibration) -> dict:
-    """fp32 and every method of `compress.METHODS` that runs on `device` (torch.ao's kernels are CPU-only)."""
+    """fp32, int8 weight-only as torchao alone leaves a MoE (experts in fp32), and every method that runs on
+    `device` (`compress.methods_for`: torch.ao's kernels are CPU-only, tinygemm's int4 CUDA-only)."""
     out = {"fp32": model}
-    for method in compress.METHODS:
-        if method == "legacy-dynamic" and device.type != "cpu":
-            continue
+    if any(compress.is_fused_experts(m) for m in model.modules()):
+        out["int8-weight-only, torchao alone"] = compress.quantize(model, "int8-weight-only", experts=False)
+    for method in compress.methods_for(device):
         out[method] = compress.quantize(model, method, calibration=calibration)
     return out
 

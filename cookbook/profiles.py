@@ -19,7 +19,7 @@ import os
 
 import torch
 
-__all__ = ["PROFILES", "DataSizes", "DistillSizes", "LoraSizes", "MemorySizes", "ModelSizes", "MonitorSizes",
+__all__ = ["PROFILES", "DataSizes", "DeploySizes", "DistSizes", "DistillSizes", "EvaluateSizes", "LoraSizes", "MemorySizes", "ModelSizes", "MonitorSizes",
            "PrecisionSizes", "Profile", "QuantSizes", "RobustSizes", "TrainSizes", "profile", "scaled"]
 
 
@@ -147,6 +147,76 @@ class QuantSizes:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluateSizes:
+    """Evaluation, tuning and the data-centric loop (notebook 13)."""
+
+    ppl_groups: int  # held-out stdlib packages with a perplexity each
+    ppl_blocks: int  # blocks of data.seq_len tokens (at most) per package
+    functions: int  # held-out functions whose generated bodies get BLEU / chrF / ROUGE-L
+    samples: int  # completions per task for pass@k (n of the unbiased estimator)
+    ks: tuple[int, ...]  # the k of pass@k (each <= samples)
+    max_new_tokens: int  # longest generated function body
+    temperature: float  # sampling temperature of the completions
+    exec_timeout: float  # seconds one candidate and its hidden tests may run
+    workers: int  # sandboxed subprocesses at once
+    trials: int  # trials of each tuning back end (Optuna, Ax, random): the same budget
+    epochs: int  # epochs of one tuning trial (the digits MLP)
+    hidden: int  # hidden units of the digits MLP
+    lr_range: tuple[float, float]  # learning-rate search range (log scale)
+    dropout_range: tuple[float, float]  # dropout search range
+    al_initial: int  # labelled images the active-learning loop starts from
+    al_batch: int  # images labelled per round
+    al_rounds: int  # labelling rounds
+    al_epochs: int  # epochs of each round's fresh model (few labels: many small epochs)
+    al_lr: float  # its learning rate
+    ewc_lambda: float  # EWC penalty weight
+    ewc_epochs: int  # epochs on each continual-learning task
+    kl_docs: int  # documents per corpus in the KL-shift comparison
+    finetune_steps: int  # continued-pretraining steps of checkpoint B in the A/B test
+    bootstrap: int  # paired bootstrap resamples
+    alpha: float  # significance level an A/B switch needs (the guide: p < 0.01)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistSizes:
+    """Multi-process training with `cookbook.scale.train_lm` on CPU ranks, and the launch plans (notebook 11)."""
+
+    model: str  # a name from cookbook.models.CONFIGS, trained on ragged counting sequences
+    vocab: int  # token ids of the counting sequences
+    sequences: int  # training sequences (the validation set is a quarter of it, another seed)
+    seq_len: int  # longest sequence (lengths vary from 2 tokens up to this)
+    steps: int  # optimizer steps of each demo run
+    global_batch: int  # sequences per optimizer step, over all ranks and micro-steps
+    micro_batch: int  # sequences per rank and micro-step
+    lr: float  # peak learning rate
+    processes: int  # ranks of the CPU demo (gloo)
+    timeout_s: float  # process-group timeout of the demo: how long a rank waits for a dead peer
+    gpus_per_node: int  # GPUs per node in the printed launch plans ...
+    nodes: int  # ... and nodes of the multi-node plan
+    gpu_memory_gb: float  # memory of each of those GPUs, for the ZeRO plans
+    plan_seq_len: int = 2048  # tokens per sequence (micro-batch 1, checkpointed activations) in the ZeRO plans
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploySizes:
+    """Export, the gRPC service, nginx + Prometheus and the load tests (notebook 12)."""
+
+    export_shape: tuple[int, int]  # (batch, seq) of the example input the exports trace (both >= 2: dynamic axes)
+    parity_shapes: tuple[tuple[int, int], ...]  # (batch, seq) inputs ONNX Runtime is checked on against PyTorch
+    parity_tol: float  # largest |logit difference| accepted between ONNX Runtime and PyTorch
+    max_prompt_tokens: int  # the service's prompt limit
+    max_tokens_limit: int  # the largest max_tokens a request may ask for
+    gen_tokens: int  # max_tokens of every load-test request
+    max_batch: int  # requests per micro-batch
+    batch_wait_ms: float  # how long a micro-batch waits for company
+    weights: tuple[int, ...]  # nginx weights of the replicas, one replica each (the guide's 3:2)
+    concurrency: tuple[int, ...]  # load-test concurrency levels
+    load_requests: int  # requests per load-test run ...
+    load_seconds: float  # ... or this many seconds, whichever ends first
+    scrape_interval_s: float  # Prometheus scrape interval
+
+
+@dataclasses.dataclass(frozen=True)
 class Profile:
     """Every size of one run of the series, by section: `P.data`, `P.model`, `P.train`, `P.precision` ..."""
 
@@ -161,6 +231,9 @@ class Profile:
     distill: DistillSizes
     robust: RobustSizes
     quant: QuantSizes
+    dist: DistSizes
+    evaluate: EvaluateSizes
+    deploy: DeploySizes
     scale: float = 1.0  # $COOKBOOK_SCALE: multiplies pretraining steps and the training-token cap
 
 
@@ -187,6 +260,17 @@ PROFILES: dict[str, Profile] = {
                            accountant="rdp"),
         quant=QuantSizes(eval_batches=4, calibration_batches=2, latency_batch=1, repeats=10, warmup=2, qat_steps=12,
                          qat_lr=1e-3, sparsities=(0.2, 0.5, 0.8)),
+        dist=DistSizes(model="tiny", vocab=96, sequences=256, seq_len=32, steps=12, global_batch=8, micro_batch=2,
+                       lr=3e-3, processes=2, timeout_s=30, gpus_per_node=8, nodes=4, gpu_memory_gb=80),
+        evaluate=EvaluateSizes(ppl_groups=6, ppl_blocks=4, functions=8, samples=5, ks=(1, 5), max_new_tokens=32,
+                               temperature=0.8, exec_timeout=3.0, workers=2, trials=8, epochs=8, hidden=32,
+                               lr_range=(1e-4, 1e-1), dropout_range=(0.0, 0.5), al_initial=20, al_batch=10,
+                               al_rounds=8, al_epochs=24, al_lr=1e-2, ewc_lambda=100.0, ewc_epochs=5, kl_docs=40,
+                               finetune_steps=12, bootstrap=1000, alpha=0.01),
+        deploy=DeploySizes(export_shape=(2, 16), parity_shapes=((1, 8), (4, 64)), parity_tol=1e-4,
+                           max_prompt_tokens=128, max_tokens_limit=64, gen_tokens=8, max_batch=16, batch_wait_ms=5.0,
+                           weights=(3, 2), concurrency=(1, 4, 16), load_requests=48, load_seconds=3.0,
+                           scrape_interval_s=1.0),
     ),
     "full": Profile(
         name="full",
@@ -214,6 +298,19 @@ PROFILES: dict[str, Profile] = {
                            accountant="prv"),
         quant=QuantSizes(eval_batches=20, calibration_batches=8, latency_batch=8, repeats=20, warmup=3, qat_steps=200,
                          qat_lr=1e-4, sparsities=(0.2, 0.5, 0.8)),
+        # the demo's ranks are CPU processes on every machine (two NCCL ranks cannot share one GPU)
+        dist=DistSizes(model="tiny", vocab=96, sequences=512, seq_len=32, steps=30, global_batch=16, micro_batch=2,
+                       lr=3e-3, processes=2, timeout_s=30, gpus_per_node=8, nodes=4, gpu_memory_gb=80),
+        evaluate=EvaluateSizes(ppl_groups=12, ppl_blocks=16, functions=100, samples=20, ks=(1, 5, 10),
+                               max_new_tokens=96, temperature=0.8, exec_timeout=3.0, workers=8, trials=30, epochs=20,
+                               hidden=64, lr_range=(1e-4, 1e-1), dropout_range=(0.0, 0.5), al_initial=20,
+                               al_batch=20, al_rounds=15, al_epochs=40, al_lr=1e-2, ewc_lambda=100.0, ewc_epochs=10,
+                               kl_docs=400, finetune_steps=100, bootstrap=10000, alpha=0.01),
+        # the bigger model sums longer dot products: float32 differences grow with width and depth
+        deploy=DeploySizes(export_shape=(2, 64), parity_shapes=((1, 16), (8, 512)), parity_tol=1e-3,
+                           max_prompt_tokens=512, max_tokens_limit=256, gen_tokens=32, max_batch=32, batch_wait_ms=5.0,
+                           weights=(3, 2), concurrency=(1, 8, 32, 64), load_requests=512, load_seconds=15.0,
+                           scrape_interval_s=1.0),
     ),
 }
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import shutil
@@ -32,6 +31,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import browser  # tools/browser.py, beside this file
+from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "cookbook-workshop"
@@ -106,16 +108,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(url: str, data: bytes | None = None) -> dict:
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read() or b"{}")
-
-
 def measure(archive: Path, workdir: Path | None = None) -> dict[str, float]:
     """Seconds from the archive to notebook 00 open in JupyterLab with an idle kernel, on this machine, offline.
 
-    pip reads no configuration file and no index (PIP_CONFIG_FILE=/dev/null, --no-index): only the wheelhouse.
+    The notebook is opened in headless Chromium (tools/browser.py). pip reads no configuration file and no index (PIP_CONFIG_FILE=/dev/null, --no-index): only the wheelhouse.
     The cookbook cache is a fresh folder, filled from the archive. Returns the time of each stage and the total.
     """
     workdir = Path(tempfile.mkdtemp()) if workdir is None else workdir
@@ -136,18 +132,19 @@ def measure(archive: Path, workdir: Path | None = None) -> dict[str, float]:
     try:
         while True:
             try:
-                _get(f"{base}/api/contents/00_setup_and_planning.ipynb?content=0&token={token}")
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5)
                 break
             except OSError:
                 if server.poll() is not None:
                     raise RuntimeError("JupyterLab exited during start-up") from None
                 time.sleep(0.3)
-        body = json.dumps({"path": "00_setup_and_planning.ipynb", "type": "notebook",
-                           "kernel": {"name": "python3"}}).encode()
-        kernel = _get(f"{base}/api/sessions?token={token}", body)["kernel"]["id"]
-        while _get(f"{base}/api/kernels/{kernel}?token={token}")["execution_state"] != "idle":
-            time.sleep(0.3)
-        times["notebook 00 open, kernel idle"] = time.perf_counter() - start - sum(times.values())
+        with sync_playwright() as playwright:  # open it as a reader does, until the kernel is idle
+            chrome = playwright.chromium.launch(executable_path=browser.executable(), args=browser.FLAGS)
+            page = chrome.new_page()
+            page.goto(f"{base}/lab/tree/00_setup_and_planning.ipynb?token={token}")
+            browser.wait_for_idle_kernel(page, timeout_ms=300_000)
+            chrome.close()
+        times["notebook 00 open in JupyterLab, kernel idle"] = time.perf_counter() - start - sum(times.values())
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)

@@ -1,20 +1,30 @@
 """End-to-end checks in a real browser: headless Chromium driven by Playwright (`make test-browser`).
 
-The system Chromium is used (`/usr/bin/chromium`, or $COOKBOOK_CHROMIUM): Playwright downloads no browser.
-On a closed network Chromium needs the flags below, or it keeps trying to reach Google's services. Every test
+The system Chromium is used (tools/browser.py: no browser download, flags for a closed network). Every test
 here is marked `browser` (left out of `make unit`) and skips with the reason when Chromium or Playwright is
 missing. Screenshots go to runs/browser/ (or $COOKBOOK_BROWSER_ARTIFACTS).
 """
 
+import importlib.util
 import os
-import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def load_tool(name: str):
+    """A module of tools/ (not a package), imported once."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look the module up
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+chromium = load_tool("browser")
 
 
 def pytest_collection_modifyitems(items):
@@ -25,14 +35,14 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def browser():
-    executable = os.environ.get("COOKBOOK_CHROMIUM") or shutil.which("chromium")
+    executable = chromium.executable()
     if not executable:
         pytest.skip("no Chromium (Debian: apt-get install chromium; elsewhere set COOKBOOK_CHROMIUM)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
-        yield chromium
-        chromium.close()
+        instance = playwright.chromium.launch(executable_path=executable, args=chromium.FLAGS)
+        yield instance
+        instance.close()
 
 
 @pytest.fixture(scope="session")

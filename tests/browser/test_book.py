@@ -1,17 +1,13 @@
 """`make book`: the site builds offline in under two minutes and every page loads with its figures."""
 
-import importlib.util
 import re
-import sys
 import time
 
 import nbformat
 
-from tests.browser.conftest import ROOT
+from tests.browser.conftest import ROOT, load_tool
 
-_spec = importlib.util.spec_from_file_location("book", ROOT / "tools" / "book.py")
-book = sys.modules["book"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(book)
+book = load_tool("book")
 
 
 def test_every_page_loads_with_its_figures_and_fetches_nothing(tmp_path, browser, artifacts):

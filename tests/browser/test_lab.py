@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.browser.conftest import ROOT
+from tests.browser.conftest import ROOT, chromium
 
 # Lab renders only the cells in view by default; the checks below read every cell's output from the page.
 SETTINGS = {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
@@ -80,8 +80,7 @@ def _run_all(page, url: str, token: str, name: str, timeout_s: float, watch=None
     """Open `name`, Run All from the menu, wait until the kernel is idle with no cell queued; `watch(page)` is
     called about every second meanwhile, and the list of what it returned is returned."""
     page.goto(f"{url}/lab/tree/{name}?token={token}")
-    page.wait_for_function("() => (document.querySelector('#jp-main-statusbar') || {}).textContent?.includes('Idle')",
-                           timeout=90_000)  # the kernel is started and connected
+    chromium.wait_for_idle_kernel(page)
     page.click("li.lm-MenuBar-item:has-text('Run')")
     page.click("li.lm-Menu-item:has-text('Run All Cells')")
     seen, deadline = [], time.monotonic() + timeout_s
