@@ -8,7 +8,8 @@ Steps, each a subprocess with a wall-clock limit, in three lanes that run side b
 - corpus: builds the profile's corpus, tokenizer and training blocks once, on every core (cached under
   `cookbook.env.cache_dir()`); notebooks that read them wait for it, the others start at once;
 - cpu: notebooks that never train (00-02 by default, `--cpu-lane`), next to the GPU work;
-- gpu: `pytest -m gpu` (while the corpus is built), the training notebooks in order, then the GPU
+- gpu: `pytest -m gpu` (while the corpus is built), the training notebooks in order, the single-GPU run of
+  `python -m cookbook.scale.train_lm` (step `scale`: notebook 04's run through the distributed script), then the GPU
   benchmarks (last, so that no other work on the machine skews their timings), one at a time.
 A failed or timed-out step is recorded and the pass goes on; `--deadline` skips what would not finish in
 time, so the archive is always written. Prints a timing line per step and writes OUT/<name>/ (notebooks/,
@@ -236,6 +237,19 @@ def _corpus_note(path: Path):
     return after
 
 
+def _scale_note(out: Path):
+    """The final validation loss and speed of the script's single-GPU run (its history.json)."""
+
+    def after(step: Step, status: str) -> str:
+        path = out / "history.json"
+        if not path.exists():
+            return ""
+        last = json.loads(path.read_text())[-1]
+        return f"step {last['step']} · val_loss {last.get('val_loss', math.nan):.4f} · {last['seconds_per_step']:.3f} s/step"
+
+    return after
+
+
 def _bench_note(name: str, out: Path):
     """Keep a benchmark's printed table as JSON (its own --json output too, where the script has one)."""
 
@@ -292,7 +306,7 @@ def plan(profile: str, only: list[str] | None, cpu_lane: tuple[str, ...], out: P
     """The steps of the pass by lane, restricted to `only` (notebook numbers or step names) when given."""
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     benches = [b for b in GPU_BENCHMARKS if (ROOT / "benchmarks" / f"{b}.py").exists()]
-    valid = ["corpus", *(nb.name[:2] for nb in notebooks), "tests", *benches]
+    valid = ["corpus", *(nb.name[:2] for nb in notebooks), "tests", "scale", *benches]
     if only is not None:
         unknown = [name for name in only if name not in valid]
         if unknown:
@@ -310,6 +324,8 @@ def plan(profile: str, only: list[str] | None, cpu_lane: tuple[str, ...], out: P
         lane = "cpu" if nb.name[:2] in cpu_lane else "gpu"
         lanes[lane].append(Step(nb.stem, lane, command, notebook_timeout, needs,
                                 _notebook_note(profile, work, out / "notebooks")))
+    if "scale" in wanted:
+        wanted.add("corpus")  # the script's run reads the profile's blocks, as notebook 04 does
     if "corpus" in wanted:
         command = [python, str(Path(__file__).resolve()), "--prepare", "--out", str(out)]
         lanes["corpus"].append(Step("corpus", "corpus", command, 900, after=_corpus_note(out / "corpus.json")))
@@ -318,6 +334,10 @@ def plan(profile: str, only: list[str] | None, cpu_lane: tuple[str, ...], out: P
                    f"--junitxml={out / 'pytest-gpu.xml'}", "tests"]
         lanes["gpu"].insert(0, Step("pytest-gpu", "gpu", command, 300,
                                     after=lambda step, status: _last_line(out / "logs" / f"{step.name}.log")))
+    if "scale" in wanted:  # python -m cookbook.scale.train_lm on one GPU: notebook 04's sizes, its validation loss
+        command = [python, "-m", "cookbook.scale.train_lm", "--profile", profile, "--no-progress",
+                   "--out", str(out / "scale")]
+        lanes["gpu"].append(Step("scale-train_lm", "gpu", command, 300, True, _scale_note(out / "scale")))
     for name in benches:
         if name in wanted:
             script = ROOT / "benchmarks" / f"{name}.py"

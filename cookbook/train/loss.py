@@ -28,7 +28,8 @@ def token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def backward_micro_batches(model, micro_batches, *, normalize: str = "tokens", precision: str = "fp32",
-                           scaler=None, balancer=None, device=None, loss_fn=token_loss) -> torch.Tensor:
+                           scaler=None, balancer=None, device=None, loss_fn=token_loss,
+                           n_targets: float | None = None) -> torch.Tensor:
     """Forward + backward over the micro-batches of one optimizer step; returns the step's mean loss.
 
     `loss_fn(model, batch)` returns the loss summed over the batch's target tokens (`token_loss` by default;
@@ -37,14 +38,23 @@ def backward_micro_batches(model, micro_batches, *, normalize: str = "tokens", p
     The gradients left in `.grad` are those of the mean loss over every target token of the step, exactly
     as if the micro-batches were one big batch (`normalize="tokens"`). `normalize="steps"` is the naive
     recipe `mean_loss / k`, which is only right when every micro-batch holds the same number of targets.
+
+    `n_targets` replaces the divisor when this call sees only part of the step: one micro-batch at a time
+    (so a data-parallel wrapper can skip its gradient sync on all but the last), or one rank of several.
+    Data-parallel engines average gradients over the N ranks, so they pass the step's targets summed over
+    all ranks divided by N (`cookbook.scale.train_lm` does, notebooks/11); a part may then hold no targets.
     """
     if normalize not in ("tokens", "steps"):
         raise ValueError(f"normalize must be 'tokens' or 'steps', got {normalize!r}")
+    if n_targets is not None and (normalize != "tokens" or not n_targets > 0):
+        raise ValueError(f"n_targets must be a positive count with normalize='tokens', got {n_targets!r} "
+                         f"with normalize={normalize!r}")
     micro_batches = [as_batch(b) for b in micro_batches]
     counts = [target_count(b) for b in micro_batches]  # counted on the host copy: no device sync
-    n_targets, n_sequences = sum(counts), sum(len(b["input_ids"]) for b in micro_batches)
-    if n_targets == 0:
+    n_sequences = sum(len(b["input_ids"]) for b in micro_batches)
+    if sum(counts) == 0 and n_targets is None:
         raise ValueError("the micro-batches hold no target tokens (all labels are -100 or sequences have length 1)")
+    n_targets = sum(counts) if n_targets is None else n_targets
     device = torch.device(device) if device is not None else next(model.parameters()).device
     losses = []
     for batch, count in zip(micro_batches, counts, strict=True):

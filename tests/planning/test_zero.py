@@ -54,3 +54,89 @@ def test_min_gpus():
     assert planning.min_gpus(lambda n: 100.0, 80) is None  # no sharding: more GPUs never help
     with pytest.raises(ValueError, match="usable"):
         planning.min_gpus(lambda n: 1.0, 80, usable=0)
+
+
+# ----------------------------------------------------------------------------- plans from a memory budget
+def test_communication_volume_matches_the_zero_paper():
+    # Ψ = 1e9 bf16 values on 8 GPUs: a ring moves 7/8 of them per reduce-scatter or all-gather, 2 bytes each
+    one_pass = 1e9 * 7 / 8 * 2 / 1e9
+    assert planning.communication_volume(1e9, 8, 0) == pytest.approx(2 * one_pass)  # DDP all-reduce: 2Ψ
+    assert planning.communication_volume(1e9, 8, 1) == pytest.approx(2 * one_pass)  # ZeRO-1: same as DDP
+    assert planning.communication_volume(1e9, 8, 3) == pytest.approx(3 * one_pass)  # ZeRO-3: 1.5x DDP
+    assert planning.communication_volume(1e9, 8, 2, grad_accum=4) == pytest.approx(5 * one_pass)  # per micro-step
+    assert planning.communication_volume(1e9, 8, 0, precision="fp32") == pytest.approx(4 * one_pass)
+    assert planning.communication_volume(1e9, 1, 3) == 0  # one GPU talks to no one
+    with pytest.raises(ValueError, match="stage must be"):
+        planning.communication_volume(1e9, 8, 4)
+    with pytest.raises(ValueError, match="precision 'int8'"):
+        planning.communication_volume(1e9, 8, 1, precision="int8")
+
+
+def test_zero_options_take_their_memory_from_the_planner():
+    config = planning.llama1_config("7B")
+    table = planning.zero_options(config, 8, 80, seq_len=2048)
+    assert list(table.index) == [name for name, *_ in planning.ZERO_OPTIONS]
+    for name, stage, offload_optimizer, offload_params in planning.ZERO_OPTIONS:
+        expected = planning.training_memory(config, zero_stage=stage, n_gpus=8, seq_len=2048,
+                                            offload_optimizer=offload_optimizer, offload_params=offload_params)
+        assert table.loc[name, "gpu_gb"] == expected["gpu_total"] and table.loc[name, "cpu_gb"] == expected["cpu_total"]
+        assert table.loc[name, "fits"] == (expected["gpu_total"] <= 0.9 * 80)
+
+
+@pytest.mark.parametrize("size, option", [("7B", "ZeRO-1"), ("13B", "ZeRO-2"), ("65B", "ZeRO-3 + offload optimizer")])
+def test_zero_plan_picks_the_fastest_option_that_fits(size, option):
+    """Hand check for 7B (6.74B params) on 8 x 80 GB: ZeRO-0 needs 16 bytes x 6.74B = 108 GB; ZeRO-1 needs
+    2 + 2 bytes plus 12 / 8 bytes per parameter = 37 GB (+ activations) and is the first that fits."""
+    config = planning.llama1_config(size)
+    plan = planning.zero_plan(config, 8, 80, seq_len=2048, micro_batch=2, grad_accum=4)
+    assert plan["option"] == option
+    table = planning.zero_options(config, 8, 80, seq_len=2048, micro_batch=2, grad_accum=4)
+    assert not table.loc[: option, "fits"].iloc[:-1].any()  # every faster option is too big
+    zero = plan["config"]["zero_optimization"]
+    assert (zero["stage"], "offload_optimizer" in zero, "offload_param" in zero) == (
+        plan["stage"], plan["offload_optimizer"], plan["offload_params"])
+    assert plan["config"]["train_micro_batch_size_per_gpu"] == 2 and plan["config"]["gradient_accumulation_steps"] == 4
+    assert planning.validate_zero_config(plan["config"]) in ("deepspeed", "documented")
+    if size == "7B":
+        assert 37.0 < plan["gpu_gb"] < 0.9 * 80 and 6.74e9 * 16 / 1e9 > 0.9 * 80
+
+
+def test_zero_plan_says_how_many_gpus_would_do_when_nothing_fits():
+    with pytest.raises(ValueError, match=r"no ZeRO option fits on 8 x 80 GB GPUs with 100 GB of CPU RAM; "
+                                         r"ZeRO-3 without offload fits from \d+ GPUs"):
+        planning.zero_plan(planning.llama1_config("65B"), 8, 80, seq_len=2048, cpu_memory_gb=100)
+
+
+# ----------------------------------------------------------------------------- validation
+def test_validate_against_the_documented_keys():
+    for stage in (0, 1, 2, 3):
+        assert planning.validate_zero_config(planning.zero_config(stage), use_deepspeed=False) == "documented"
+    config = planning.zero_config(3, offload_params=True)
+    config["zero_optimization"]["stage3_prefetch_bucket"] = 10  # misspelt: ..._bucket_size
+    with pytest.raises(ValueError, match="'stage3_prefetch_bucket' in zero_optimization"):
+        planning.validate_zero_config(config, use_deepspeed=False)
+    with pytest.raises(ValueError, match="'train_batchsize' in the top level"):
+        planning.validate_zero_config({**planning.zero_config(1), "train_batchsize": 8}, use_deepspeed=False)
+    bad = planning.zero_config(1, micro_batch_size=2, gradient_accumulation_steps=3)
+    with pytest.raises(ValueError, match="train_batch_size 16 is not micro batch 2 x accumulation 3"):
+        planning.validate_zero_config({**bad, "train_batch_size": 16}, use_deepspeed=False)
+    with pytest.raises(ValueError, match="'zero_optimization' dict"):
+        planning.validate_zero_config({"stage": 2})
+
+
+def test_validate_with_deepspeed_and_the_documented_keys_are_deepspeeds():
+    zero = pytest.importorskip("deepspeed.runtime.zero.config")
+    offload = pytest.importorskip("deepspeed.runtime.zero.offload_config")
+    from cookbook.planning import zero as module
+
+    def fields(model):
+        return {name for key, f in model.model_fields.items() for name in (key, f.alias) if name}
+
+    assert module._ZERO_KEYS <= fields(zero.DeepSpeedZeroConfig)
+    assert module._OFFLOAD_KEYS <= fields(offload.DeepSpeedZeroOffloadOptimizerConfig) | fields(
+        offload.DeepSpeedZeroOffloadParamConfig)
+    config = planning.zero_config(2, offload_optimizer=True, micro_batch_size=4, gradient_accumulation_steps=2)
+    assert planning.validate_zero_config(config) == "deepspeed"
+    config["zero_optimization"]["offload_optimizer"]["devices"] = "cpu"  # misspelt
+    with pytest.raises(ValueError, match="(?s)DeepSpeed rejects the config.*offload_optimizer.devices"):
+        planning.validate_zero_config(config)

@@ -1,0 +1,45 @@
+"""The same script under `accelerate launch` (the committed CPU config) and DeepSpeed ZeRO-1/2 on 2 CPU ranks.
+
+Slow (run with `pytest -m slow tests/scale`): accelerate adds its own launcher start-up, and DeepSpeed compiles a
+communication op for about a minute on first use (cached afterwards)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from cookbook import scale
+from cookbook.scale import train_lm
+from tests.scale import ranks
+
+ARGS, STEPS = ranks.SCRIPT[2:], 4
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    assert train_lm.main([*ARGS, "--steps", str(STEPS), "--out", str(out)]) == 0
+    return [row["loss"] for row in ranks.history(out)]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_two_real_ranks(tmp_path, single):
+    pytest.importorskip("accelerate")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ranks.ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port",
+               str(ranks.free_port()), *ranks.SCRIPT, "--engine", "accelerate", "--steps", str(STEPS),
+               "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ranks.ROOT, env=ranks.environment(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "engine accelerate · 2 rank(s) on cpu (gloo)" in done.stdout  # two ranks, not the MULTI_CPU trap's one
+    assert [row["loss"] for row in ranks.history(tmp_path)] == pytest.approx(single, rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2])
+def test_deepspeed_zero_on_two_cpu_ranks(tmp_path, single, stage):
+    pytest.importorskip("deepspeed")
+    history = scale.run_local([*ARGS, "--engine", "deepspeed", "--zero-stage", stage, "--steps", STEPS], tmp_path,
+                              nproc=2, timeout=600)
+    assert [row["loss"] for row in history] == pytest.approx(single, rel=1e-4)
