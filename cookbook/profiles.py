@@ -19,7 +19,7 @@ import os
 
 import torch
 
-__all__ = ["PROFILES", "DataSizes", "DeploySizes", "DistSizes", "DistillSizes", "EvaluateSizes", "LoraSizes", "MemorySizes", "ModelSizes", "MonitorSizes",
+__all__ = ["PROFILES", "CaseSizes", "DataSizes", "DeploySizes", "DistSizes", "DistillSizes", "EvaluateSizes", "LoraSizes", "MemorySizes", "ModelSizes", "MonitorSizes",
            "PrecisionSizes", "Profile", "QuantSizes", "RobustSizes", "TrainSizes", "profile", "scaled"]
 
 
@@ -217,6 +217,35 @@ class DeploySizes:
 
 
 @dataclasses.dataclass(frozen=True)
+class CaseSizes:
+    """The e-commerce recommender case study, raw logs to a quantized model (notebook 14)."""
+
+    users: int  # real users of the generated logs (bots come on top)
+    items: int  # catalogue size
+    categories: int  # item categories
+    days: int  # logged days ...
+    future_days: int  # ... of which the last ones are the held-out evaluation window
+    sessions_per_day: float  # mean sessions per user and day
+    embed_dim: int  # item2vec (skip-gram) dimension (the guide: 128)
+    window: int  # skip-gram context window, items on each side
+    w2v_epochs: int  # passes of the skip-gram over the sessions
+    dim: int  # Wide & Deep embedding size of user, category and top category
+    hidden: tuple[int, ...]  # the deep tower (the guide: 256 -> 128 -> 64)
+    negatives: int  # sampled negative items per positive (user, item) pair
+    batch_size: int  # the guide: 1024
+    lr: float  # Adam learning rate (the guide: 0.001)
+    epochs: int  # passes over the training pairs (early stopping may end sooner) ...
+    patience: int  # ... after this many epochs without a better validation loss
+    precision: str  # fp32 | bf16 | fp16 (autocast); CPUs without AVX512-BF16/AMX run bf16 slower than fp32
+    mf_rank: int  # rank of the matrix-factorisation baseline
+    ks: tuple[int, ...]  # cut-offs of recall@k and NDCG@k
+    eval_users: int  # future-window users ranked against the whole catalogue (at most)
+    candidates: int  # items scored per serving request (a ranking stage's candidate list)
+    serve_batch: int  # requests per scoring call in the serving measurement
+    serve_repeats: int  # timed scoring calls (the median is reported)
+
+
+@dataclasses.dataclass(frozen=True)
 class Profile:
     """Every size of one run of the series, by section: `P.data`, `P.model`, `P.train`, `P.precision` ..."""
 
@@ -234,6 +263,7 @@ class Profile:
     dist: DistSizes
     evaluate: EvaluateSizes
     deploy: DeploySizes
+    case: CaseSizes
     scale: float = 1.0  # $COOKBOOK_SCALE: multiplies pretraining steps and the training-token cap
 
 
@@ -271,6 +301,10 @@ PROFILES: dict[str, Profile] = {
                            max_prompt_tokens=128, max_tokens_limit=64, gen_tokens=8, max_batch=16, batch_wait_ms=5.0,
                            weights=(3, 2), concurrency=(1, 4, 16), load_requests=48, load_seconds=3.0,
                            scrape_interval_s=1.0),
+        case=CaseSizes(users=600, items=200, categories=10, days=28, future_days=7, sessions_per_day=0.15,
+                       embed_dim=32, window=3, w2v_epochs=5, dim=16, hidden=(256, 128, 64), negatives=4,
+                       batch_size=1024, lr=1e-3, epochs=30, patience=2, precision="fp32", mf_rank=16, ks=(10, 20),
+                       eval_users=400, candidates=100, serve_batch=16, serve_repeats=20),
     ),
     "full": Profile(
         name="full",
@@ -301,16 +335,22 @@ PROFILES: dict[str, Profile] = {
         # the demo's ranks are CPU processes on every machine (two NCCL ranks cannot share one GPU)
         dist=DistSizes(model="tiny", vocab=96, sequences=512, seq_len=32, steps=30, global_batch=16, micro_batch=2,
                        lr=3e-3, processes=2, timeout_s=30, gpus_per_node=8, nodes=4, gpu_memory_gb=80),
-        evaluate=EvaluateSizes(ppl_groups=12, ppl_blocks=16, functions=100, samples=20, ks=(1, 5, 10),
-                               max_new_tokens=96, temperature=0.8, exec_timeout=3.0, workers=8, trials=30, epochs=20,
+        # the digits experiments run on the CPU in both profiles: "full" buys more trials, epochs and samples
+        evaluate=EvaluateSizes(ppl_groups=12, ppl_blocks=8, functions=50, samples=10, ks=(1, 5, 10),
+                               max_new_tokens=96, temperature=0.8, exec_timeout=3.0, workers=8, trials=16, epochs=12,
                                hidden=64, lr_range=(1e-4, 1e-1), dropout_range=(0.0, 0.5), al_initial=20,
-                               al_batch=20, al_rounds=15, al_epochs=40, al_lr=1e-2, ewc_lambda=100.0, ewc_epochs=10,
-                               kl_docs=400, finetune_steps=100, bootstrap=10000, alpha=0.01),
+                               al_batch=20, al_rounds=12, al_epochs=30, al_lr=1e-2, ewc_lambda=100.0, ewc_epochs=10,
+                               kl_docs=200, finetune_steps=50, bootstrap=5000, alpha=0.01),
         # the bigger model sums longer dot products: float32 differences grow with width and depth
         deploy=DeploySizes(export_shape=(2, 64), parity_shapes=((1, 16), (8, 512)), parity_tol=1e-3,
                            max_prompt_tokens=512, max_tokens_limit=256, gen_tokens=32, max_batch=32, batch_wait_ms=5.0,
-                           weights=(3, 2), concurrency=(1, 8, 32, 64), load_requests=512, load_seconds=15.0,
+                           weights=(3, 2), concurrency=(1, 8, 32), load_requests=256, load_seconds=8.0,
                            scrape_interval_s=1.0),
+        # ~0.3M raw events: cleaning (to_utc parses each timestamp) and item2vec run on the CPU, ~30 s together
+        case=CaseSizes(users=8000, items=2000, categories=40, days=56, future_days=14, sessions_per_day=0.1,
+                       embed_dim=128, window=3, w2v_epochs=5, dim=32, hidden=(256, 128, 64), negatives=4,
+                       batch_size=1024, lr=1e-3, epochs=30, patience=2, precision="bf16", mf_rank=64, ks=(10, 20, 50),
+                       eval_users=4000, candidates=200, serve_batch=64, serve_repeats=50),
     ),
 }
 

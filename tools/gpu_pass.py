@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GPU_BENCHMARKS = ("train_step", "monitor_overhead", "train_throughput")  # those that exist are run
+GPU_BENCHMARKS = ("train_step", "monitor_overhead", "train_throughput", "serve_load")  # those that exist are run
 # On a CPU the pass proves the plumbing, not the speed: a few steps per benchmark configuration.
 SMOKE_BENCH_ARGS = {"train_step": ["--steps", "2"], "monitor_overhead": ["--steps", "2", "--repeats", "1"]}
 CPU_LANE = ("00", "01", "02")  # notebooks that never train: they run next to the GPU lane

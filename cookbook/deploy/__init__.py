@@ -1,0 +1,64 @@
+"""From lab to production: export, the gRPC ModelService, the real parts around it (nginx, Prometheus), load tests.
+
+export (torch.export, ONNX with the MoE trap handled, ORT parity and optimisation levels, TorchScript as legacy)
+· triton (a `config.pbtxt` read off the ONNX model, validated with Triton's own protobuf) · generate (batched
+decoding with per-request budgets) · audit (JSONL with SHA-256 fingerprints) · service (`ModelService.Predict`:
+validation, deadlines, health, micro-batching, Prometheus metrics) · stack (replicas, nginx `grpc_pass` with
+weights, Prometheus; started and stopped by PID) · load (a `grpc.aio` load test: QPS, p50/p99) · replica (one
+server process) · stubs (regenerates the committed gRPC stubs). Needs the `serve` extra (grpcio,
+grpcio-health-checking, prometheus_client; onnx, onnxscript, onnxruntime to export; tritonclient to validate Triton
+configs); the stack needs the Debian packages `nginx` and `prometheus`. Shown in notebooks/12.
+"""
+
+from cookbook.deploy.audit import AuditLog, fingerprint, read_audit
+from cookbook.deploy.export import (
+    EXPERTS_FOR_ONNX,
+    ORT_LEVELS,
+    ExportResult,
+    LogitsOnly,
+    custom_ops,
+    dynamic_shapes,
+    experts_implementation,
+    onnx_export,
+    onnx_from_program,
+    ort_session,
+    parity,
+    torch_export,
+    torchscript_trace,
+)
+from cookbook.deploy.generate import Generation, generate
+from cookbook.deploy.load import PROMPTS, LoadResult, load_sweep, load_test, predict
+from cookbook.deploy.service import (
+    LATENCY_BUCKETS,
+    SERVICE,
+    InvalidRequest,
+    ModelServer,
+    ServiceConfig,
+    validate,
+)
+from cookbook.deploy.stack import (
+    Nginx,
+    Process,
+    Prometheus,
+    Replica,
+    Stack,
+    Starting,
+    free_port,
+    nginx_config,
+    require,
+    save_for_serving,
+    scrape,
+    spawn_replica,
+    start_nginx,
+    start_prometheus,
+    start_replica,
+)
+from cookbook.deploy.triton import check_triton_config, parse_triton_config, triton_config, triton_repository
+
+__all__ = ["EXPERTS_FOR_ONNX", "LATENCY_BUCKETS", "ORT_LEVELS", "PROMPTS", "SERVICE", "AuditLog", "ExportResult",
+           "Generation", "InvalidRequest", "LoadResult", "LogitsOnly", "ModelServer", "Nginx", "Process", "Prometheus",
+           "Replica", "ServiceConfig", "Stack", "Starting", "check_triton_config", "custom_ops", "dynamic_shapes",
+           "experts_implementation", "fingerprint", "free_port", "generate", "load_sweep", "load_test", "nginx_config",
+           "onnx_export", "onnx_from_program", "ort_session", "parity", "parse_triton_config", "predict", "read_audit", "require",
+           "save_for_serving", "scrape", "spawn_replica", "start_nginx", "start_prometheus", "start_replica", "torch_export",
+           "torchscript_trace", "triton_config", "triton_repository", "validate"]

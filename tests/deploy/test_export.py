@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import torch
+
+from cookbook import deploy
+
+SHAPES = [(1, 5), (3, 11)]  # neither is the example shape (2, 8): the axes must be dynamic
+
+
+def _eager(model, ids):
+    with torch.no_grad():
+        return deploy.LogitsOnly(model).eval()(ids)
+
+
+@pytest.mark.parametrize("name", ["moe", "dense"])
+def test_torch_export_is_exact_at_other_shapes(request, programs, name):
+    model, program = request.getfixturevalue(name), programs[name]
+    for shape in SHAPES:
+        ids = torch.randint(0, model.config.vocab_size, shape, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(program.module()(ids), _eager(model, ids))
+    # the default MoE experts path is captured as transformers' custom op, which ONNX cannot translate
+    assert deploy.custom_ops(program) == (["transformers::grouped_mm_fallback"] if name == "moe" else [])
+
+
+def test_onnx_export_switches_moe_experts_and_restores_them(onnx_files, moe):
+    result = onnx_files["moe"]
+    assert result.experts == deploy.EXPERTS_FOR_ONNX == "batched_mm"
+    assert moe.get_experts_implementation() == {"": "grouped_mm"}  # put back after the export
+    assert onnx_files["dense"].experts == ""
+    vocab = moe.config.vocab_size
+    for res in onnx_files.values():
+        assert res.inputs == {"input_ids": ["batch", "seq"]}
+        assert res.outputs == {"logits": ["batch", "seq", vocab]}
+        assert res.path.stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["moe", "dense"])
+def test_onnx_runtime_matches_pytorch_at_every_level(request, onnx_files, name):
+    model = request.getfixturevalue(name)
+    table = deploy.parity(model, onnx_files[name].path, SHAPES, levels=("disable", "all"), repeats=1)
+    assert list(table.index) == ["torch", "disable", "all"]
+    assert (table.loc[["disable", "all"], "max_abs_diff"] < 1e-4).all(), table
+    # ORT's optimiser only ever removes or fuses nodes
+    assert table.loc["all", "nodes"] <= table.loc["disable", "nodes"]
+
+
+def test_onnx_export_names_the_op_that_blocks_it(programs, tmp_path):
+    # the MoE captured on its default experts path: what a naive export hits
+    with pytest.raises(ValueError, match="transformers::grouped_mm_fallback.*'batched_mm'"):
+        deploy.onnx_from_program(programs["moe"], tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_experts_implementation_restores_on_error_and_ignores_dense(moe, dense):
+    with pytest.raises(RuntimeError, match="boom"), deploy.experts_implementation(moe, "batched_mm"):
+        assert moe.get_experts_implementation() == {"": "batched_mm"}
+        raise RuntimeError("boom")
+    assert moe.get_experts_implementation() == {"": "grouped_mm"}
+    with deploy.experts_implementation(dense, "batched_mm"):
+        assert dense.get_experts_implementation() == {"": "eager"}
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.zeros(2, 8), "int64 tensor of shape"),
+    (torch.zeros(8, dtype=torch.long), r"shape \(8,\)"),
+    (torch.zeros(1, 8, dtype=torch.long), "batch >= 2 and seq >= 2"),
+    ([[1, 2], [3, 4]], "got list"),
+])
+def test_bad_example_ids_are_named(moe, bad, match):
+    with pytest.raises(ValueError, match=match):
+        deploy.torch_export(moe, bad)
+
+
+def test_bad_dynamic_bounds_and_levels(onnx_files):
+    with pytest.raises(ValueError, match="max_batch must be a positive int, got 0"):
+        deploy.dynamic_shapes(max_batch=0)
+    with pytest.raises(ValueError, match="'fast'.*disable, basic, extended, all"):
+        deploy.ort_session(onnx_files["dense"].path, "fast")
+
+
+def test_torchscript_is_legacy_but_matches_for_the_dense_twin(dense, example_ids):
+    traced, notes = deploy.torchscript_trace(dense, example_ids)
+    ids = torch.randint(0, dense.config.vocab_size, (3, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        np.testing.assert_array_equal(traced(ids).numpy(), _eager(dense, ids).numpy())
+    assert any(n.startswith("DeprecationWarning: `torch.jit.trace` is deprecated") for n in notes), notes

@@ -1,0 +1,113 @@
+"""The real parts: two replica processes behind nginx (3:2) and Prometheus scraping them, on loopback ports.
+
+Skipped where nginx or prometheus is not installed (CI installs the Debian packages; a laptop may not have them).
+"""
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from cookbook import deploy
+
+
+def _missing():
+    out = []
+    for binary in ("nginx", "prometheus"):
+        try:
+            deploy.require(binary)
+        except FileNotFoundError as err:
+            out.append(str(err))
+    return out
+
+
+needs_binaries = pytest.mark.skipif(bool(_missing()), reason="; ".join(_missing()) or "ok")
+OK = (("status", "OK"),)
+
+
+@pytest.fixture(scope="module")
+def stack(moe, tok, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stack")
+    model_dir = deploy.save_for_serving(moe, tok, folder / "model")
+    with deploy.Stack.start(model_dir, folder / "run", weights=(3, 2), scrape_interval_s=0.5,
+                            config={"model_name": "tiny", "batch_wait_ms": 2}) as stack:
+        yield stack
+    assert not any(p.alive() for p in stack.processes())
+
+
+def _served(replica):
+    return deploy.scrape(replica.metrics_url).get(("inference_requests_total", OK), 0.0)
+
+
+def test_nginx_config_has_the_guides_weights_and_passive_health_checks(tmp_path):
+    text = deploy.nginx_config([("127.0.0.1:1001", 3), ("127.0.0.1:1002", 2)], 8080, tmp_path, max_fails=2)
+    assert "server 127.0.0.1:1001 weight=3 max_fails=2 fail_timeout=10s;" in text
+    assert "server 127.0.0.1:1002 weight=2 max_fails=2 fail_timeout=10s;" in text
+    assert "listen 127.0.0.1:8080 http2;" in text and "grpc_pass grpc://model_service;" in text
+    with pytest.raises(ValueError, match="weight must be a positive int, got 0"):
+        deploy.nginx_config([("127.0.0.1:1001", 0)], 8080, tmp_path)
+
+
+def test_missing_binary_says_how_to_install():
+    with pytest.raises(FileNotFoundError, match="no-such-server is not installed"):
+        deploy.require("no-such-server")
+
+
+@needs_binaries
+def test_weighted_round_robin_is_three_to_two(stack):
+    before = [_served(r) for r in stack.replicas]
+    for i in range(25):
+        assert deploy.predict(stack.nginx.address, f"x = {i}", 2).model == "tiny"
+    after = [_served(r) for r in stack.replicas]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [15, 10]
+
+
+@needs_binaries
+def test_guides_p99_query_through_prometheus_matches_the_servers_own_latencies(stack):
+    result = deploy.load_test(stack.nginx.address, concurrency=4, requests=40, max_tokens=3)
+    assert result.ok == 40 and result.errors == {}
+    time.sleep(1.5)  # three scrapes
+    guide = stack.prometheus.query("histogram_quantile(0.99, rate(inference_latency_seconds_bucket[5m]))")
+    assert len(guide) == 2  # one p99 per replica (instance label), as the guide's query is written
+    [overall] = stack.prometheus.query(
+        "histogram_quantile(0.99, sum by (le) (rate(inference_latency_seconds_bucket[5m])))")
+    # the exact p99 of the same measurements, from the audit logs: Prometheus interpolates inside its bucket
+    frames = [deploy.read_audit(r.audit) for r in stack.replicas]
+    seconds = np.concatenate([f.loc[f.status == "OK", "latency_ms"].to_numpy() / 1000 for f in frames])
+    exact = float(np.quantile(seconds, 0.99))
+    edges = (0.0, *deploy.LATENCY_BUCKETS)
+    k = next(i for i, edge in enumerate(edges) if exact <= edge)
+    assert edges[max(k - 2, 0)] <= overall["value"] <= edges[min(k + 1, len(edges) - 1)], (exact, overall)
+    # the client's p99 adds nginx and the network stack to the server's
+    assert result.p99_ms / 1000 >= float(np.quantile(seconds, 0.5))
+
+
+@needs_binaries
+def test_killed_replica_under_load_nothing_hangs_and_nginx_routes_around(stack):
+    box = {}
+    worker = threading.Thread(target=lambda: box.update(result=deploy.load_test(
+        stack.nginx.address, concurrency=4, requests=60, max_tokens=3, timeout_s=10)))
+    worker.start()
+    time.sleep(0.5)
+    stack.replicas[0].process.kill()  # SIGKILL: a crash, not a graceful stop
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the load test hung after a replica died"
+    result = box["result"]
+    assert result.sent == 60 and result.ok + sum(result.errors.values()) == 60
+    assert sum(result.errors.values()) <= 4  # at most the requests in flight on the dead replica
+    before = _served(stack.replicas[1])
+    for i in range(5):
+        deploy.predict(stack.nginx.address, f"y = {i}", 2, timeout_s=10)
+    assert _served(stack.replicas[1]) == before + 5
+
+
+@needs_binaries
+def test_stop_ends_every_process_by_pid(stack):
+    pids = [p.pid for p in stack.processes()]
+    codes = stack.stop()
+    assert set(codes) == {"replica0", "replica1", "nginx", "prometheus"}
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
