@@ -19,8 +19,9 @@ import os
 
 import torch
 
-__all__ = ["PROFILES", "CaseSizes", "DataSizes", "DeploySizes", "DistSizes", "DistillSizes", "EvaluateSizes", "LoraSizes", "MemorySizes", "ModelSizes", "MonitorSizes",
-           "PrecisionSizes", "Profile", "QuantSizes", "RobustSizes", "TrainSizes", "profile", "scaled"]
+__all__ = ["PROFILES", "CaseSizes", "DataSizes", "DeploySizes", "DistSizes", "DistillSizes", "EvaluateSizes",
+           "LoraSizes", "MemorySizes", "ModelSizes", "MonitorSizes", "PrecisionSizes", "Profile", "QuantSizes",
+           "RobustSizes", "TrainSizes", "profile", "scaled"]
 
 
 @dataclasses.dataclass(frozen=True)
