@@ -76,9 +76,10 @@ def _fresh_copy(name: str, folder: Path) -> Path:
     return folder / name
 
 
-def _run_all(page, url: str, token: str, name: str, timeout_s: float, watch=None) -> list:
+def _run_all(page, url: str, token: str, name: str, timeout_s: float, screenshot: Path, watch=None) -> list:
     """Open `name`, Run All from the menu, wait until the kernel is idle with no cell queued; `watch(page)` is
-    called about every second meanwhile, and the list of what it returned is returned."""
+    called about every second meanwhile, and the list of what it returned is returned. On a timeout the page
+    is saved to `screenshot`."""
     page.goto(f"{url}/lab/tree/{name}?token={token}")
     chromium.wait_for_idle_kernel(page)
     page.click("li.lm-MenuBar-item:has-text('Run')")
@@ -92,7 +93,9 @@ def _run_all(page, url: str, token: str, name: str, timeout_s: float, watch=None
         if idle and prompts and "[*]:" not in prompts and prompts[0] != "[ ]:":
             return seen
         time.sleep(1)
-    pytest.fail(f"{name} did not finish in {timeout_s:.0f} s")
+    page.screenshot(path=str(screenshot))
+    pytest.fail(f"{name} did not finish in {timeout_s:.0f} s: prompts {prompts}, status bar "
+                f"{page.inner_text('#jp-main-statusbar')!r}; screenshot {screenshot.name}")
 
 
 def _saved(page, path: Path):
@@ -126,7 +129,7 @@ def test_notebook_00_runs_in_the_project_kernel(lab, browser, artifacts):
     name = "00_setup_and_planning.ipynb"
     path = _fresh_copy(name, folder)
     page = browser.new_page(viewport={"width": 1400, "height": 900})
-    _run_all(page, url, token, name, timeout_s=300)
+    _run_all(page, url, token, name, timeout_s=300, screenshot=artifacts / "lab-00.png")
     page.screenshot(path=str(artifacts / "lab-00.png"))
     notebook = _saved(page, path)
     page.close()
@@ -149,7 +152,8 @@ def test_training_notebook_shows_progress_widgets_and_a_live_plot(lab, browser, 
     name = "06_monitoring_and_diagnostics.ipynb"
     path = _fresh_copy(name, folder)
     page = browser.new_page(viewport={"width": 1400, "height": 900})
-    states = _run_all(page, url, token, name, timeout_s=600, watch=lambda p: p.evaluate(_LIVE_OUTPUT))
+    states = _run_all(page, url, token, name, timeout_s=600, screenshot=artifacts / "lab-06-live.png",
+                      watch=lambda p: p.evaluate(_LIVE_OUTPUT))
     notebook_html = page.inner_html(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
     bars = page.locator(".jp-OutputArea-output .widget-hprogress").count()
     live = page.evaluate(_LIVE_OUTPUT)
