@@ -189,7 +189,9 @@ def test_no_threads_or_jobs_leak_across_many_requests(moe, tok):
             during = threading.active_count()
             for i in range(90):
                 stub.Predict(pb.PredictRequest(prompt=f"y = {i}", max_tokens=1))
-            assert threading.active_count() <= during  # 90 more requests, no new threads
+            # 90 more requests, no thread per request: the pool may still grow to its size, never past it
+            # (ThreadPoolExecutor adds a worker when none is idle at submit time, a race under load)
+            assert threading.active_count() <= during + server.config.workers
     time.sleep(0.2)
     gc.collect()
     assert threading.active_count() <= baseline + 1  # grpc may keep one poller thread per process
