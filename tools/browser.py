@@ -19,7 +19,11 @@ def executable() -> str | None:
     return os.environ.get("COOKBOOK_CHROMIUM") or shutil.which("chromium")
 
 
-def wait_for_idle_kernel(page, timeout_ms: int = 90_000) -> None:
-    """Wait until JupyterLab's status bar says the open notebook's kernel is connected and idle."""
-    page.wait_for_function("() => (document.querySelector('#jp-main-statusbar') || {}).textContent?.includes('Idle')",
+def open_notebook(page, base: str, name: str, token: str, timeout_ms: int = 90_000) -> None:
+    """Open notebook `name` alone, in a workspace of its own reset to nothing (otherwise Lab restores the tabs of
+    an earlier page, and the menus act on whichever is current), and wait until its kernel is idle."""
+    workspace = name.rsplit(".", 1)[0]
+    page.goto(f"{base}/lab/workspaces/{workspace}/tree/{name}?token={token}&reset")
+    status = "(document.querySelector('#jp-main-statusbar') || {}).textContent || ''"
+    page.wait_for_function(f"() => {{ const s = {status}; return s.includes('Idle') && s.includes({name!r}); }}",
                            timeout=timeout_ms)

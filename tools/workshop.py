@@ -141,8 +141,7 @@ def measure(archive: Path, workdir: Path | None = None) -> dict[str, float]:
         with sync_playwright() as playwright:  # open it as a reader does, until the kernel is idle
             chrome = playwright.chromium.launch(executable_path=browser.executable(), args=browser.FLAGS)
             page = chrome.new_page()
-            page.goto(f"{base}/lab/tree/00_setup_and_planning.ipynb?token={token}")
-            browser.wait_for_idle_kernel(page, timeout_ms=300_000)
+            browser.open_notebook(page, base, "00_setup_and_planning.ipynb", token, timeout_ms=300_000)
             chrome.close()
         times["notebook 00 open in JupyterLab, kernel idle"] = time.perf_counter() - start - sum(times.values())
     finally:

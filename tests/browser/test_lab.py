@@ -4,6 +4,7 @@ as widgets and the training monitor's live view refreshes in place."""
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -76,35 +77,48 @@ def _fresh_copy(name: str, folder: Path) -> Path:
     return folder / name
 
 
-def _run_all(page, url: str, token: str, name: str, timeout_s: float, screenshot: Path, watch=None) -> list:
-    """Open `name`, Run All from the menu, wait until the kernel is idle with no cell queued; `watch(page)` is
-    called about every second meanwhile, and the list of what it returned is returned. On a timeout the page
-    is saved to `screenshot`."""
-    page.goto(f"{url}/lab/tree/{name}?token={token}")
-    chromium.wait_for_idle_kernel(page)
-    page.click("li.lm-MenuBar-item:has-text('Run')")
-    page.click("li.lm-Menu-item:has-text('Run All Cells')")
-    seen, deadline = [], time.monotonic() + timeout_s
+def _run_all(page, url: str, token: str, name: str, timeout_s: float, screenshot: Path, log: Path,
+             watch=None) -> list:
+    """Open `name`, Run All from the menu, wait until the kernel is idle and every code cell has its execution
+    count; `watch(page)` is called about every second meanwhile, and the list of what it returned is returned.
+    A run that stops early (the kernel died: nothing queued, cells never run) or a timeout fails with the prompts,
+    the end of the server's log and a screenshot."""
+    chromium.open_notebook(page, url, name, token)
+    _menu(page, "Run", "runmenu:run-all")
+    seen, deadline, stopped_since = [], time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
         if watch is not None:
             seen.append(watch(page))
         prompts = page.eval_on_selector_all(_PROMPTS, "els => els.map(e => e.textContent.trim())")
         idle = "Idle" in page.inner_text("#jp-main-statusbar")
-        if idle and prompts and "[*]:" not in prompts and prompts[0] != "[ ]:":
+        if idle and prompts and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts):
             return seen
+        # Right after the click nothing is queued yet: only a run idle with unrun cells for 10 s has stopped.
+        stopped = idle and "[*]:" not in prompts and any(re.fullmatch(r"\[\d+\]:", p) for p in prompts)
+        stopped_since = (stopped_since or time.monotonic()) if stopped else None
+        if stopped_since and time.monotonic() - stopped_since > 10:
+            break
         time.sleep(1)
     page.screenshot(path=str(screenshot))
-    pytest.fail(f"{name} did not finish in {timeout_s:.0f} s: prompts {prompts}, status bar "
-                f"{page.inner_text('#jp-main-statusbar')!r}; screenshot {screenshot.name}")
+    what = "stopped before the end" if stopped_since else f"did not finish in {timeout_s:.0f} s"
+    pytest.fail(f"{name} {what}: prompts {prompts}, status bar {page.inner_text('#jp-main-statusbar')!r}; "
+                f"screenshot {screenshot.name}; server log ends:\n{log.read_text()[-3000:]}")
+
+
+def _menu(page, menu: str, command: str) -> None:
+    """Click a command in a menu of Lab's menu bar (Lumino names each item by its command id)."""
+    page.click(f"li.lm-MenuBar-item:has-text('{menu}')")
+    page.click(f"li.lm-Menu-item[data-command='{command}']")
 
 
 def _saved(page, path: Path):
-    """Save from the page (Ctrl+S) and read back what Lab wrote: the run's outputs, as the kernel sent them."""
+    """Save from the File menu and read back what Lab wrote: the run's outputs, as the kernel sent them."""
     before = path.stat().st_mtime_ns
-    page.keyboard.press("Control+s")
-    for _ in range(60):
-        if path.stat().st_mtime_ns != before:
-            break
+    _menu(page, "File", "docmanager:save")
+    deadline = time.monotonic() + 30
+    while path.stat().st_mtime_ns == before:
+        if time.monotonic() > deadline:
+            pytest.fail(f"Lab did not save {path.name} within 30 s")
         time.sleep(0.5)
     time.sleep(0.5)
     return nbformat.read(path, as_version=4)
@@ -114,22 +128,23 @@ def _check_ran_cleanly(notebook, name: str) -> None:
     code = [c for c in notebook.cells if c.cell_type == "code"]
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
-    assert all(c.execution_count for c in code), f"{name}: not every code cell ran"
+    unrun = [i for i, c in enumerate(code) if not c.execution_count]
+    assert not unrun, f"{name}: code cells {unrun} of {len(code)} have no execution count in the saved file"
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lab")
-    with _lab(folder, tmp_path_factory.mktemp("lab-settings")) as (url, token):
-        yield folder, url, token
+    folder, settings = tmp_path_factory.mktemp("lab"), tmp_path_factory.mktemp("lab-settings")
+    with _lab(folder, settings) as (url, token):
+        yield folder, url, token, settings / "lab.log"
 
 
 def test_notebook_00_runs_in_the_project_kernel(lab, browser, artifacts):
-    folder, url, token = lab
+    folder, url, token, log = lab
     name = "00_setup_and_planning.ipynb"
     path = _fresh_copy(name, folder)
     page = browser.new_page(viewport={"width": 1400, "height": 900})
-    _run_all(page, url, token, name, timeout_s=300, screenshot=artifacts / "lab-00.png")
+    _run_all(page, url, token, name, timeout_s=300, screenshot=artifacts / "lab-00.png", log=log)
     page.screenshot(path=str(artifacts / "lab-00.png"))
     notebook = _saved(page, path)
     page.close()
@@ -148,12 +163,12 @@ _LIVE_OUTPUT = """() => {
 
 
 def test_training_notebook_shows_progress_widgets_and_a_live_plot(lab, browser, artifacts):
-    folder, url, token = lab
+    folder, url, token, log = lab
     name = "06_monitoring_and_diagnostics.ipynb"
     path = _fresh_copy(name, folder)
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     states = _run_all(page, url, token, name, timeout_s=600, screenshot=artifacts / "lab-06-live.png",
-                      watch=lambda p: p.evaluate(_LIVE_OUTPUT))
+                      log=log, watch=lambda p: p.evaluate(_LIVE_OUTPUT))
     notebook_html = page.inner_html(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
     bars = page.locator(".jp-OutputArea-output .widget-hprogress").count()
     live = page.evaluate(_LIVE_OUTPUT)
