@@ -21,7 +21,7 @@ import torch
 
 __all__ = ["PROFILES", "CaseSizes", "DataSizes", "DeploySizes", "DistSizes", "DistillSizes", "EvaluateSizes",
            "LoraSizes", "MemorySizes", "ModelSizes", "MonitorSizes", "PrecisionSizes", "Profile", "QuantSizes",
-           "RobustSizes", "TrainSizes", "profile", "scaled"]
+           "RobustSizes", "ThroughputSizes", "TrainSizes", "profile", "scaled"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +57,21 @@ class TrainSizes:
     precision: str  # fp32 | tf32 | bf16 | fp16
     moe_gamma: float  # MoE bias-balancing speed (DeepSeek-V3: 1e-3; short runs need a larger one)
     warmup_fraction: float = 0.1  # share of the steps with a linear lr warm-up
+
+
+@dataclasses.dataclass(frozen=True)
+class ThroughputSizes:
+    """Training throughput (notebook 04 §9, benchmarks/train_throughput.py): timed steps of each setting."""
+
+    batch_size: int  # sequences of data.seq_len tokens per step (packed), documents per step (padded)
+    big_batch: int  # the batch-size lever
+    warmup: int  # untimed steps first (compilation, allocator, first launches)
+    steps: int  # timed steps; the median is reported
+    precision: str  # the 16-bit lever (bf16 | fp16; fp32 means TF32 on a GPU, and no lever on a CPU)
+    compile: bool  # the torch.compile and CUDA-graph levers
+    train_steps: int  # steps of the plain-vs-cookbook runs whose validation losses are compared
+    eval_batches: int  # validation batches behind that comparison
+    dense: tuple[int, int, int, int, int]  # MFU run of a dense Llama: hidden, layers, vocab, batch, seq_len
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +270,7 @@ class Profile:
     model: ModelSizes
     train: TrainSizes
     precision: PrecisionSizes
+    throughput: ThroughputSizes
     memory: MemorySizes
     monitor: MonitorSizes
     lora: LoraSizes
@@ -278,6 +294,9 @@ PROFILES: dict[str, Profile] = {
                          # a longer warm-up keeps the tiny routers from collapsing onto one expert early on
                          moe_gamma=1e-2, warmup_fraction=0.3),
         precision=PrecisionSizes(formats=("fp32", "bf16"), steps=6),
+        # fp32: this CPU has no fast bf16 path; inductor's CPU compile of the MoE takes minutes on 2 cores
+        throughput=ThroughputSizes(batch_size=4, big_batch=8, warmup=1, steps=3, precision="fp32", compile=False,
+                                   train_steps=12, eval_batches=2, dense=(128, 2, 2048, 4, 128)),
         memory=MemorySizes(grad_accum=4, micro_batches=(1, 2, 4, 8), check_steps=6),
         monitor=MonitorSizes(model="tiny"),
         # learning rates from a small sweep: LoRA 2e-3 / 5e-3 / 1e-2 / 2e-2, full 5e-4 / 1e-3
@@ -317,6 +336,9 @@ PROFILES: dict[str, Profile] = {
         train=TrainSizes(steps=2000, batch_size=32, lr=1e-3, eval_interval=200, eval_batches=20, precision="bf16",
                          moe_gamma=1e-3),
         precision=PrecisionSizes(formats=("fp32", "tf32", "bf16", "fp16"), steps=150),
+        # the issue's set-ups: the MoE at 32 x 512, a GPT-2-small-sized dense Llama (32k vocabulary) at 16 x 1024
+        throughput=ThroughputSizes(batch_size=32, big_batch=64, warmup=5, steps=20, precision="bf16", compile=True,
+                                   train_steps=200, eval_batches=20, dense=(768, 12, 32768, 16, 1024)),
         # short check: float32 rounding differences grow chaotically over long runs
         memory=MemorySizes(grad_accum=4, micro_batches=(4, 8, 16, 32, 64), check_steps=20),
         monitor=MonitorSizes(model="full"),

@@ -66,10 +66,10 @@ def test_plan_lanes_subsets_and_bad_names(tmp_path):
     notebooks = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     names = [s.name for steps in lanes.values() for s in steps]
     assert sorted(n for n in names if n[:2].isdigit()) == notebooks
-    assert names[0] == "corpus" and "pytest-gpu" in names and "bench-train_step" in names
+    assert names[0] == "corpus" and "pytest-gpu" in names and "bench-train_throughput" in names
     assert [s.name[:2] for s in lanes["cpu"]] == [n[:2] for n in notebooks if n[:2] in gpu_pass.CPU_LANE]
     assert all(s.name[:2] not in gpu_pass.CPU_LANE for s in lanes["gpu"])
-    bench = next(s for s in lanes["gpu"] if s.name == "bench-train_step")
+    bench = next(s for s in lanes["gpu"] if s.name == "bench-train_throughput")
     assert lanes["gpu"].index(bench) > max(i for i, s in enumerate(lanes["gpu"]) if s.name[:2].isdigit())
     assert lanes["gpu"][0].name == "pytest-gpu" and not lanes["gpu"][0].needs_corpus  # runs during the build
 

@@ -39,9 +39,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GPU_BENCHMARKS = ("train_step", "monitor_overhead", "train_throughput", "serve_load")  # those that exist are run
+GPU_BENCHMARKS = ("monitor_overhead", "train_throughput", "serve_load")  # those that exist are run
 # On a CPU the pass proves the plumbing, not the speed: a few steps per benchmark configuration.
-SMOKE_BENCH_ARGS = {"train_step": ["--steps", "2"], "monitor_overhead": ["--steps", "2", "--repeats", "1"]}
+SMOKE_BENCH_ARGS = {"monitor_overhead": ["--steps", "2", "--repeats", "1"]}
 CPU_LANE = ("00", "01", "02")  # notebooks that never train: they run next to the GPU lane
 # A notebook that calls these reads the profile's corpus, tokenizer or blocks: it waits for the corpus step.
 _CORPUS_CALLS = ("for_profile(", "blocks_for_profile(", "pretrained(", "sources.")
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="full", help="smoke or full (default: full)")
     parser.add_argument("--out", default="runs/gpu", help="folder the archive goes into")
     parser.add_argument("--only", default=None, help="comma-separated subset: notebook numbers (03,04), corpus, "
-                                                    "tests, or a benchmark name (train_step, monitor_overhead)")
+                                                    "tests, or a benchmark name (train_throughput, serve_load)")
     parser.add_argument("--cpu-lane", default=",".join(CPU_LANE), help="notebooks run next to the GPU lane")
     parser.add_argument("--notebook-timeout", type=float, default=None,
                         help="seconds per notebook (default: 300 in full, 900 in smoke)")

@@ -9,7 +9,13 @@ pretrained (the cached pretrained model of a profile). Shown in notebooks/04 and
 from cookbook.train import precision
 from cookbook.train.batches import loader, pad_batch
 from cookbook.train.compare import compare_precisions
-from cookbook.train.loss import accumulation_error, backward_micro_batches, token_loss
+from cookbook.train.loss import (
+    accumulation_error,
+    backward_micro_batches,
+    fused_token_loss,
+    linear_cross_entropy,
+    token_loss,
+)
 from cookbook.train.memory import (
     find_batch_size,
     saved_activation_bytes,
@@ -24,6 +30,6 @@ from cookbook.train.trainer import TrainConfig, Trainer
 
 __all__ = [
     "TrainConfig", "Trainer", "accumulation_error", "adamw", "backward_micro_batches",
-    "compare_precisions", "cosine_schedule", "find_batch_size", "loader", "pad_batch", "precision", "pretrained",
+    "compare_precisions", "cosine_schedule", "find_batch_size", "fused_token_loss", "linear_cross_entropy", "loader", "pad_batch", "precision", "pretrained",
     "saved_activation_bytes", "set_checkpointing", "step_cost", "sweep", "token_loss", "with_budget",
 ]

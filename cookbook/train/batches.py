@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["as_batch", "concat_batches", "loader", "pad_batch", "target_count"]
+__all__ = ["as_batch", "concat_batches", "loader", "pad_batch", "padded_loader", "real_tokens", "target_count"]
 
 
 def loader(ds, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = True):
@@ -17,6 +17,20 @@ def loader(ds, batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_las
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator,
                                        drop_last=drop_last, pin_memory=torch.cuda.is_available())
+
+
+def padded_loader(sequences, batch_size: int, *, seed: int = 0, pad_id: int = 0, drop_last: bool = True):
+    """A DataLoader of right-padded batches (`pad_batch`) over token lists, one document each: the padded
+    alternative to packed blocks (its batches are as wide as their longest document)."""
+    sequences = [list(s) for s in sequences]
+    empty = [i for i, s in enumerate(sequences) if not s]
+    if empty:
+        raise ValueError(f"{len(empty)} empty sequence(s) (the first at index {empty[0]}): leave them out")
+    if len(sequences) < batch_size and drop_last:
+        raise ValueError(f"{len(sequences)} sequences cannot fill one batch of {batch_size}")
+    return torch.utils.data.DataLoader(sequences, batch_size=batch_size, shuffle=True, drop_last=drop_last,
+                                       generator=torch.Generator().manual_seed(seed),
+                                       collate_fn=lambda rows: pad_batch(rows, pad_id))
 
 
 def pad_batch(sequences, pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -40,6 +54,12 @@ def as_batch(batch) -> dict[str, torch.Tensor]:
         mask = batch.get("attention_mask")
         batch["labels"] = batch["input_ids"] if mask is None else batch["input_ids"].masked_fill(mask == 0, -100)
     return batch
+
+
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that are not padding (attention_mask 1; every token when there is no mask)."""
+    mask = batch.get("attention_mask")
+    return batch["input_ids"].numel() if mask is None else int(mask.sum())
 
 
 def target_count(batch: dict[str, torch.Tensor]) -> int:

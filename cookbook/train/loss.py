@@ -1,7 +1,10 @@
 """The loss of a causal LM and exact gradient accumulation.
 
 `token_loss` sums next-token cross-entropies; `backward_micro_batches` divides by the target tokens of
-the whole optimizer step, so k micro-batches give exactly the big batch's gradient.
+the whole optimizer step, so k micro-batches give exactly the big batch's gradient. `fused_token_loss` is the
+same loss without ever holding the (tokens x vocabulary) logits: `linear_cross_entropy` projects the hidden
+states a chunk of tokens at a time and computes the gradients as it goes (the idea of Liger's fused linear
+cross-entropy, here in plain PyTorch so it runs on any device).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cookbook.checks import positive_int
 from cookbook.train import precision as amp
 from cookbook.train.batches import as_batch, concat_batches, target_count
 
-__all__ = ["accumulation_error", "backward_micro_batches", "token_loss"]
+__all__ = ["accumulation_error", "backward_micro_batches", "decoder_and_head", "fused_token_loss",
+           "linear_cross_entropy", "token_loss"]
 
 
 def token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -25,6 +30,78 @@ def token_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     logits = logits[:, :-1].flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
     return F.cross_entropy(logits, batch["labels"][:, 1:].flatten(),
                            ignore_index=-100, reduction="sum")
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Σ cross-entropy(hidden @ weight.T, targets) chunk by chunk; both gradients are computed in the forward,
+    so only one chunk's logits exist at a time and the backward is a multiplication by the incoming scalar."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk: int, dtype):
+        w, wide = weight.to(dtype), torch.promote_types(dtype, torch.float32)  # softmax in >= float32, as token_loss
+        want_hidden, want_weight = ctx.needs_input_grad[:2]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=wide) if want_weight else None
+        total = torch.zeros((), dtype=wide, device=hidden.device)
+        for start in range(0, len(hidden), chunk):
+            h, t = hidden[start:start + chunk].to(dtype), targets[start:start + chunk]
+            logits = (h @ w.T).to(wide)
+            lse = logits.logsumexp(-1)
+            valid, index = t != -100, t.clamp_min(0)[:, None]
+            total += ((lse - logits.gather(1, index)[:, 0]) * valid).sum()
+            if want_hidden or want_weight:
+                d = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                d.scatter_add_(1, index, torch.full_like(d[:, :1], -1.0))
+                d = (d * valid[:, None]).to(dtype)  # d loss / d logits, in the matmuls' dtype like autocast's
+                if want_hidden:
+                    grad_hidden[start:start + chunk] = d @ w
+                if want_weight:
+                    grad_weight += d.T @ h
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (None if grad_hidden is None else grad_hidden * grad_total.to(grad_hidden.dtype),
+                None if grad_weight is None else (grad_weight * grad_total).to(ctx.weight_dtype), None, None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                         chunk_tokens: int = 4096) -> torch.Tensor:
+    """Sum of cross-entropies of the logits `hidden @ weight.T` against `targets` (-100: ignored), without the
+    full logits: (tokens, hidden), (vocab, hidden), (tokens,) in. The projection runs in the autocast dtype
+    when autocast is on (else in the weight's dtype) and the softmax in float32, as for `token_loss`; peak memory
+    holds one (chunk_tokens x vocab) block instead of all tokens' logits."""
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1] or targets.shape != hidden.shape[:1]:
+        raise ValueError(f"need hidden (tokens, h), weight (vocab, h) and targets (tokens,); got "
+                         f"{tuple(hidden.shape)}, {tuple(weight.shape)}, {tuple(targets.shape)}")
+    positive_int("chunk_tokens", chunk_tokens)
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_tokens, dtype)
+
+
+def decoder_and_head(model):
+    """(decoder, head) of a transformers causal LM: the decoder stack (returning `last_hidden_state`) and the bias-free output projection of a causal LM."""
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper: the module it wraps
+    body = getattr(model, "model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if body is None or head is None or getattr(head, "bias", None) is not None:
+        raise TypeError(f"fused_token_loss needs a transformers causal LM whose logits are model.lm_head(model.model("
+                        f"...).last_hidden_state) with a bias-free head; {type(model).__name__} is not one: use token_loss")
+    return body, head
+
+
+def fused_token_loss(model, batch: dict[str, torch.Tensor], *, chunk_tokens: int = 4096) -> torch.Tensor:
+    """`token_loss` (sum of next-token cross-entropies over the targets) through `linear_cross_entropy`: the same
+    value and gradients, without the (tokens x vocabulary) logits. For transformers causal LMs (`model.model`
+    then a bias-free `lm_head`)."""
+    body, head = decoder_and_head(model)
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).last_hidden_state
+    return linear_cross_entropy(hidden[:, :-1].flatten(0, 1), head.weight, batch["labels"][:, 1:].flatten(),
+                                chunk_tokens=chunk_tokens)
 
 
 def backward_micro_batches(model, micro_batches, *, normalize: str = "tokens", precision: str = "fp32",

@@ -20,8 +20,9 @@ def cosine_schedule(step: int, *, steps: int, warmup_steps: int, min_ratio: floa
 
 
 def adamw(model, *, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.95), eps: float = 1e-8,
-          device: torch.device | str = "cpu", router_lr_ratio: float = 1.0) -> torch.optim.AdamW:
-    """AdamW with decay on matrices only (not norms or biases), fused (one pass over all parameters) on CUDA and CPU.
+          device: torch.device | str = "cpu", router_lr_ratio: float = 1.0, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only (not norms or biases), fused (one kernel over all parameters) on CUDA and
+    CPU unless `fused=False` (torch's default per-tensor loop, for comparison).
 
     MoE router weights (`models.routers`) get a group of their own that learns at `router_lr_ratio` x lr;
     it is the last group, so `param_groups[0]["lr"]` stays the model's learning rate. On CPU the default
@@ -38,4 +39,4 @@ def adamw(model, *, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.95), eps
               dict(params=[p for p in rest if p.ndim < 2], weight_decay=0.0),
               dict(params=[p for p in params if id(p) in router], weight_decay=weight_decay, lr=lr * router_lr_ratio)]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas), eps=eps,
-                             fused=torch.device(device).type in ("cuda", "cpu"))
+                             fused=fused and torch.device(device).type in ("cuda", "cpu"))

@@ -38,12 +38,14 @@ from tqdm.auto import tqdm
 from cookbook import checkpoint, env, models, planning
 from cookbook.checks import positive_int
 from cookbook.train import precision as amp
-from cookbook.train.batches import as_batch, target_count
-from cookbook.train.loss import backward_micro_batches, token_loss
+from cookbook.train.batches import as_batch, real_tokens, target_count
+from cookbook.train.loss import backward_micro_batches, decoder_and_head, fused_token_loss, token_loss
 from cookbook.train.memory import set_checkpointing
 from cookbook.train.schedule import adamw, cosine_schedule
 
-__all__ = ["TrainConfig", "Trainer"]
+__all__ = ["COMPILE_MODES", "TrainConfig", "Trainer"]
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 @dataclasses.dataclass
@@ -57,6 +59,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # AdamW decay, on matrices only (not norms or biases)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
+    fused_optimizer: bool = True  # one fused AdamW kernel (False: torch's per-tensor loop)
     max_grad_norm: float | None = 1.0  # clip the global gradient norm (None: measure, don't clip)
     precision: str = "fp32"  # fp32 | tf32 | bf16 | fp16 (fp16 adds a dynamic loss scaler)
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -64,6 +67,9 @@ class TrainConfig:
     eval_batches: int | None = 10  # batches per validation pass (None: the whole val_loader)
     log_interval: int = 10  # steps between logged rows (host syncs happen only then)
     compile: bool = False  # torch.compile the model's forward
+    compile_mode: str = "default"  # torch.compile mode: "reduce-overhead" adds CUDA graphs, "max-autotune" ...
+    fused_cross_entropy: bool = False  # loss without the (tokens x vocab) logits (train.fused_token_loss)
+    grouped_experts: bool = False  # MoE experts as grouped GEMMs on bf16 copies of fp32 weights (models.experts)
     activation_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     checkpoint_dir: str | Path | None = None  # where periodic checkpoints go
     checkpoint_interval: int = 0  # steps between checkpoints (0: only at the end, if checkpoint_dir is set)
@@ -87,6 +93,8 @@ class TrainConfig:
                              "minimum lr divided by lr gives it)")
         if self.lr <= 0 or (self.max_grad_norm is not None and self.max_grad_norm <= 0):
             raise ValueError(f"lr and max_grad_norm must be positive, got {self.lr}, {self.max_grad_norm}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile_mode {self.compile_mode!r}; valid: {', '.join(COMPILE_MODES)}")
         if not self.router_lr_ratio > 0 or self.moe_gamma < 0 or self.moe_alpha < 0:
             raise ValueError(f"need router_lr_ratio > 0, moe_gamma >= 0 and moe_alpha >= 0; got "
                              f"{self.router_lr_ratio}, {self.moe_gamma}, {self.moe_alpha}")
@@ -113,7 +121,9 @@ class Trainer:
         """`loss_fn(model, batch)` is the training loss summed over target tokens (see `backward_micro_batches`);
         `evaluate` always reports `token_loss`, so validation losses stay comparable across objectives."""
         self.config = c = config or TrainConfig()
-        self.loss_fn = loss_fn
+        if c.fused_cross_entropy and loss_fn is not token_loss:
+            raise ValueError("fused_cross_entropy replaces token_loss; a custom loss_fn computes its own loss")
+        self.loss_fn = fused_token_loss if c.fused_cross_entropy else loss_fn
         self.device = torch.device(c.device) if c.device else env.device()
         ok, why = amp.supported(c.precision, self.device)
         if not ok:
@@ -127,12 +137,14 @@ class Trainer:
             set_checkpointing(model, True)
         self.balancer = models.LoadBalancer(model, c.moe_gamma, c.moe_alpha) if models.routers(model) else None
         self.optimizer = adamw(model, lr=c.lr, weight_decay=c.weight_decay, betas=c.betas, eps=c.eps, device=self.device,
-                               router_lr_ratio=c.router_lr_ratio)
+                               router_lr_ratio=c.router_lr_ratio, fused=c.fused_optimizer)
         schedule = functools.partial(cosine_schedule, steps=c.steps,
                                      warmup_steps=max(1, round(c.warmup_fraction * c.steps)), min_ratio=c.min_lr_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.scaler = amp.grad_scaler(c.precision, self.device)
-        self._forward = torch.compile(model) if c.compile else model
+        if c.grouped_experts:
+            models.use_grouped_experts(model)
+        self._forward = _compiled(model, c) if c.compile else model
         self.step = 0  # optimizer steps done
         self.epoch, self.batch_in_epoch, self.tokens_seen = 0, 0, 0
         self.should_stop, self.stop_reason = False, ""
@@ -215,7 +227,7 @@ class Trainer:
         if self.balancer is not None:
             self.balancer.update_bias()  # DeepSeek-V3: nudge each expert's routing bias toward even load
         self.step += 1
-        tokens = sum(b["input_ids"].numel() for b in micro_batches)
+        tokens = sum(real_tokens(b) for b in micro_batches)  # padding is not throughput
         self._seq_len = int(micro_batches[0]["input_ids"].shape[1])  # for FLOPs per token (MFU)
         self.tokens_seen += tokens
         return loss, grad_norm, tokens
@@ -353,6 +365,15 @@ class Trainer:
         self._rows = [{k: np.asarray(v) if k == "expert_load" else v for k, v in r.items()} for r in state["history"]]
         self._batches = None  # re-open the data at the saved position on the next step
         self.should_stop, self.stop_reason = False, ""
+
+
+def _compiled(model, c: TrainConfig):
+    """The forward the loop calls. The fused loss runs the decoder and the head separately, so there the decoder
+    is compiled in place (`nn.Module.compile`) and the chunked head stays eager; otherwise the whole model."""
+    if c.fused_cross_entropy:
+        decoder_and_head(model)[0].compile(mode=c.compile_mode)
+        return model
+    return torch.compile(model, mode=c.compile_mode)
 
 
 def _check_loader(name: str, loader) -> None:
