@@ -24,6 +24,7 @@ def test_train_on_your_own_files_snippet_runs_as_printed(tmp_path, monkeypatch, 
     (project / "logo.png").write_bytes(b"\x89PNG")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COOKBOOK_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("COOKBOOK_SCALE", "0.25")  # the profile's documented knob: 15 steps, evaluated every 5
     scope: dict = {}
     exec(compile(_snippet(), "README.md", "exec"), scope)  # noqa: S102 - the README's own code
     history, P = scope["history"], scope["P"]

@@ -45,7 +45,8 @@ def bar(values: Mapping[str, float], *, title: str = "", ylabel: str = "", log: 
     """Bar chart of named values (a dict or pandas Series), annotated with the values."""
     if len(values) == 0:
         raise ValueError("bar() needs at least one value")
-    names, heights = [str(k) for k in values.keys()], np.asarray(list(values.values()), dtype=float)
+    pairs = list(values.items())  # a dict or a Series (whose `.values` is an array, not a method)
+    names, heights = [str(k) for k, _ in pairs], np.asarray([v for _, v in pairs], dtype=float)
     fig, (ax,) = figure()
     bars = ax.barh(names, heights) if horizontal else ax.bar(names, heights)
     if log:

@@ -51,10 +51,10 @@ def levers(P, device, *, moe: bool) -> list[Lever]:
     Activation checkpointing, a memory lever, comes last. Sizes from `P.throughput`."""
     cuda = torch.device(device).type == "cuda"
     fast = "tf32" if P.throughput.precision == "fp32" and cuda else P.throughput.precision
-    no_compile = "" if P.throughput.compile else f"off in the {P.name} profile (P.throughput.compile)"
-    no_16 = "" if fast != "fp32" else f"the {P.name} profile keeps fp32 here (P.throughput.precision)"
+    no_compile = "" if P.throughput.compile else f"off in {P.name} (P.throughput.compile)"
+    no_16 = "" if fast != "fp32" else f"fp32 in {P.name} (P.throughput.precision)"
     ladder = [
-        Lever("baseline: fp32, per-tensor AdamW, padded documents, eager",
+        Lever("baseline: fp32, per-tensor AdamW, padded, eager",
               dict(precision="fp32", fused_optimizer=False), data="padded"),
         Lever(f"+ {fast}", dict(precision=fast), skip=no_16),
         Lever("+ fused AdamW", dict(fused_optimizer=True)),

@@ -210,6 +210,8 @@ class Trainer:
         c = self.config
         micro_batches = [self._check_batch(self._next_batch(), "train_loader") for _ in range(c.grad_accum)]
         self.model.train()
+        if c.compile and c.compile_mode == "reduce-overhead":  # CUDA graphs: a new step may reuse their outputs
+            torch.compiler.cudagraph_mark_step_begin()
         loss = backward_micro_batches(self._forward, micro_batches, precision=c.precision, scaler=self.scaler,
                                       balancer=self.balancer, device=self.device, loss_fn=self.loss_fn)
         if self.scaler is not None:

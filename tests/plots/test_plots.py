@@ -39,6 +39,9 @@ def test_figure_grid_is_flat_and_styled():
 def test_bar_hist_lines_hold_their_data():
     fig = plots.bar({"a": 1.0, "b": 3.0})
     assert [p.get_height() for p in fig.axes[0].patches] == [1.0, 3.0]
+    fig = plots.bar(pd.Series({"x": 2.0, "y": 0.5}), horizontal=True)  # a Series, as its docstring promises
+    assert [p.get_width() for p in fig.axes[0].patches] == [2.0, 0.5]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["x", "y"]
     fig = plots.hist([1, 2, 2, 3], bins=3, vline=2.0)
     assert sum(p.get_height() for p in fig.axes[0].patches) == 4
     fig = plots.lines([1, 2, 3], {"y": [3, 2, 1]}, hline=1.5)
