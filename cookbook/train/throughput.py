@@ -56,7 +56,7 @@ def levers(P, device, *, moe: bool) -> list[Lever]:
     ladder = [
         Lever("baseline: fp32, per-tensor AdamW, padded, eager",
               dict(precision="fp32", fused_optimizer=False), data="padded"),
-        Lever(f"+ {fast}", dict(precision=fast), skip=no_16),
+        Lever(f"+ {fast} matmuls", dict(precision=fast), skip=no_16),
         Lever("+ fused AdamW", dict(fused_optimizer=True)),
         Lever("+ packed blocks (no padding)", data="packed"),
         Lever("+ fused linear cross-entropy", dict(fused_cross_entropy=True)),
@@ -151,8 +151,8 @@ def ablation(build_model, loaders: dict, ladder: list[Lever], *, base: TrainConf
             continue
         config, data = trial, trial_data
         rows.append(dict(lever=lever.name, skipped="", **row))
-    table = pd.DataFrame(rows, columns=["lever", "skipped", "tokens_per_s", "mfu", "peak_mem_gb", "loss"])
+    table = pd.DataFrame(rows, columns=["lever", "tokens_per_s", "mfu", "peak_mem_gb", "loss", "skipped"])
     table = table.set_index("lever")
     first = table["tokens_per_s"].dropna()
-    table.insert(1, "speedup", table["tokens_per_s"] / (first.iloc[0] if len(first) else math.nan))
+    table.insert(0, "speedup", table["tokens_per_s"] / (first.iloc[0] if len(first) else math.nan))
     return table

@@ -19,13 +19,13 @@ def test_ladder_order_and_skips_on_cpu():
     assert names[0].startswith("baseline") and names[-1].startswith("+ activation checkpointing")
     assert names.index("+ packed blocks (no padding)") < names.index("+ fused linear cross-entropy")
     skipped = {lever.name: lever.skip for lever in ladder if lever.skip}
-    assert skipped == {"+ fp32": "fp32 in smoke (P.throughput.precision)",
+    assert skipped == {"+ fp32 matmuls": "fp32 in smoke (P.throughput.precision)",
                        "+ torch.compile": "off in smoke (P.throughput.compile)",
                        "+ CUDA graphs": "off in smoke (P.throughput.compile)"}
     bf16 = dataclasses.replace(SMOKE, throughput=dataclasses.replace(SMOKE.throughput, compile=True, precision="bf16"))
     assert {lever.name: lever.skip for lever in throughput.levers(bf16, "cpu", moe=False) if lever.skip} == {
         "+ CUDA graphs": "CUDA only"}
-    assert throughput.levers(SMOKE, "cuda", moe=True)[1].name == "+ tf32"  # fp32 training on a GPU: TF32
+    assert throughput.levers(SMOKE, "cuda", moe=True)[1].name == "+ tf32 matmuls"  # fp32 training on a GPU: TF32
     assert not any("experts" in lever.name for lever in throughput.levers(SMOKE, "cpu", moe=False))
 
 
