@@ -84,6 +84,13 @@ def dense_rows(P, device, compile_mode: str) -> pd.DataFrame:
     return pd.DataFrame({"plain Hugging Face loop": plain, "cookbook Trainer, fast paths": fast}).T
 
 
+def _markdown(table: pd.DataFrame) -> str:
+    """A Markdown table without pandas' optional `tabulate` (not promised on the GPU image)."""
+    rows = [["setting", *table.columns], ["---"] * (len(table.columns) + 1)]
+    rows += [[name, *(f"{v:.4g}" for v in values)] for name, values in zip(table.index, table.to_numpy(float), strict=True)]
+    return "\n".join("| " + " | ".join(map(str, row)) + " |" for row in rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compile-mode", default="default", choices=train.trainer.COMPILE_MODES,
@@ -103,7 +110,7 @@ def main() -> None:
     for name, table in tables.items():
         table["tokens_per_s_ratio"] = table["tokens_per_s"] / table["tokens_per_s"].iloc[0]
         table["s_per_step"] = (T.batch_size * P.data.seq_len if name == "moe" else T.dense[3] * T.dense[4]) / table["tokens_per_s"]
-        lines += [f"## {name}", "", table.astype(float).round(4).to_markdown(), ""]
+        lines += [f"## {name}", "", _markdown(table), ""]
     moe = tables["moe"]
     gap = moe.loc["cookbook Trainer, fast paths", "val_loss"] / moe.loc["cookbook Trainer, no fast paths", "val_loss"] - 1
     ratio = moe.loc["cookbook Trainer, fast paths", "tokens_per_s"] / moe.loc["plain Hugging Face loop", "tokens_per_s"]
