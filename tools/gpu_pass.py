@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     "tests, or a benchmark name (train_throughput, serve_load)")
     parser.add_argument("--cpu-lane", default=",".join(CPU_LANE), help="notebooks run next to the GPU lane")
     parser.add_argument("--notebook-timeout", type=float, default=None,
-                        help="seconds per notebook (default: 300 in full, 900 in smoke)")
+                        help="seconds per notebook (default: 480 in full: 04 pretrains and compiles its lever ladder; 900 in smoke)")
     parser.add_argument("--deadline", type=float, default=None,
                         help="seconds for the whole pass: later steps are skipped, running ones stopped")
     parser.add_argument("--commit", default=None, help="the commit the tree is at (default: from git)")
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "COOKBOOK_PROFILE": args.profile, "COOKBOOK_COMMIT": commit, "PYTHONUNBUFFERED": "1",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(ROOT)) if p)
-    timeout = args.notebook_timeout or (300 if args.profile == "full" else 900)
+    timeout = args.notebook_timeout or (480 if args.profile == "full" else 900)
     only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
     lanes = plan(args.profile, only, tuple(s.strip() for s in args.cpu_lane.split(",")), archive, work, timeout)
     run = Pass(archive, env, args.deadline)
