@@ -251,7 +251,8 @@ def _scale_note(out: Path):
 
 
 def _bench_note(name: str, out: Path):
-    """Keep a benchmark's printed table as JSON (its own --json output too, where the script has one)."""
+    """Keep a benchmark's printed table as JSON (its own --json output too, where the script has one); the
+    summary's note is the benchmark's last printed line (train_throughput ends with its verdict line)."""
 
     def after(step: Step, status: str) -> str:
         log = out.parent / "logs" / f"{step.name}.log"
@@ -261,7 +262,8 @@ def _bench_note(name: str, out: Path):
         if own.exists():
             record["result"] = json.loads(own.read_text())
         (out / f"{name}.json").write_text(json.dumps(record, indent=1))
-        return ""
+        lines = [line for line in text.splitlines() if line.strip()]
+        return lines[-1][:300] if lines else ""
 
     return after
 
