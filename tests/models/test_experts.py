@@ -14,7 +14,7 @@ VOCAB = 128
 def _loss_and_grads(model, implementation, ids, autocast=False):
     model = copy.deepcopy(model)
     model.set_experts_implementation(implementation)
-    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.enable_grad()
+    context = torch.autocast(ids.device.type, dtype=torch.bfloat16) if autocast else torch.enable_grad()
     with context:
         loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
@@ -89,3 +89,13 @@ def test_switching_and_refusing(tiny):
     assert models.experts_modules(dense) == []
     with pytest.raises(ValueError, match="no routed experts"):
         models.use_grouped_experts(dense)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_grouped_gemm_matches_the_per_expert_loop(tiny):
+    """The same comparison as on the CPU, on a GPU: torch's CUDA grouped GEMM under bf16 autocast."""
+    ids = _ids(3).cuda()
+    ref_loss, ref_grads, _ = _loss_and_grads(tiny.cuda(), "eager", ids, autocast=True)
+    loss, grads, _ = _loss_and_grads(tiny, experts.GROUPED, ids, autocast=True)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-2)
+    assert _relative(grads, ref_grads) < 3e-2

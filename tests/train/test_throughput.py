@@ -128,3 +128,20 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="steps"):
         throughput.measure(models.build("tiny", VOCAB, seed=0), loader(), train.TrainConfig(device="cpu"), steps=0,
                            warmup=1)
+
+
+# ----------------------------------------------------------------------------- CUDA paths (pytest -m gpu)
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile_mode", [None, "default", "reduce-overhead"])
+def test_cuda_fast_paths_train_like_the_plain_path(compile_mode):
+    """bf16 on a GPU: the Trainer with the fused loss and grouped experts (then compiled, then with CUDA graphs)
+    follows the plain Trainer's losses on the same batches, to bf16 tolerance, and reports MFU and memory."""
+    def run(**switches):
+        config = train.TrainConfig(steps=6, lr=3e-3, log_interval=1, progress=False, device="cuda",
+                                   precision="bf16", **switches)
+        return train.Trainer(models.build("tiny", VOCAB, seed=0), loader(), config=config).fit()
+
+    compiled = {} if compile_mode is None else dict(compile=True, compile_mode=compile_mode)
+    plain, fast = run(), run(fused_cross_entropy=True, grouped_experts=True, **compiled)
+    assert fast["loss"].tolist() == pytest.approx(plain["loss"].tolist(), rel=3e-2)
+    assert (fast["peak_mem_gb"] > 0).all()
