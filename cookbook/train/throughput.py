@@ -62,7 +62,7 @@ def levers(P, device, *, moe: bool) -> list[Lever]:
         Lever("+ fused linear cross-entropy", dict(fused_cross_entropy=True)),
         *([Lever("+ grouped experts on bf16 copies", dict(grouped_experts=True))] if moe else []),
         Lever("+ torch.compile", dict(compile=True), skip=no_compile),
-        Lever("+ CUDA graphs", dict(compile_mode="reduce-overhead"),
+        Lever("+ CUDA graphs", dict(compile=True, compile_mode="reduce-overhead"),  # also when compile failed
               skip=no_compile or ("" if cuda else "CUDA only")),
         Lever(f"+ batch {P.throughput.big_batch}", data="big"),
         Lever("+ activation checkpointing (memory)", dict(activation_checkpointing=True)),

@@ -25,6 +25,10 @@ def test_ladder_order_and_skips_on_cpu():
     bf16 = dataclasses.replace(SMOKE, throughput=dataclasses.replace(SMOKE.throughput, compile=True, precision="bf16"))
     assert {lever.name: lever.skip for lever in throughput.levers(bf16, "cpu", moe=False) if lever.skip} == {
         "+ CUDA graphs": "CUDA only"}
+    cuda = {lever.name: lever for lever in throughput.levers(bf16, "cuda", moe=True)}
+    assert not any(lever.skip for lever in cuda.values())
+    # CUDA graphs switch compile on themselves: measured right even when the compile lever before them failed
+    assert cuda["+ CUDA graphs"].config == dict(compile=True, compile_mode="reduce-overhead")
     assert throughput.levers(SMOKE, "cuda", moe=True)[1].name == "+ tf32 matmuls"  # fp32 training on a GPU: TF32
     assert not any("experts" in lever.name for lever in throughput.levers(SMOKE, "cpu", moe=False))
 
