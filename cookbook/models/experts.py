@@ -43,14 +43,17 @@ def grouped_experts_forward(self, hidden_states: torch.Tensor, top_k_index: torc
     experts = top_k_index.flatten()
     order = experts.argsort(stable=True)
     rows = hidden_states[order // k].to(dtype)
-    # int32 cumulative row counts: where each expert's rows end (grouped_mm's `offs`)
-    ends = torch.bincount(experts, minlength=self.num_experts).cumsum(0).to(torch.int32)
+    # int32 cumulative row counts: where each expert's rows end (grouped_mm's `offs`). Counted with a one-hot sum:
+    # a fixed shape and no host sync (bincount's output size depends on the data), so compile and CUDA graphs hold.
+    ends = F.one_hot(experts, self.num_experts).sum(0).cumsum(0).to(torch.int32)
     gate_up = F.grouped_mm(rows, self.gate_up_proj.to(dtype).transpose(1, 2), offs=ends)
     gate, up = gate_up.chunk(2, dim=-1)
     out = F.grouped_mm(self.act_fn(gate) * up, self.down_proj.to(dtype).transpose(1, 2), offs=ends)
     out = out.float() * top_k_weights.flatten()[order, None].float()
-    summed = torch.zeros(n_tokens, out.shape[-1], device=out.device).index_add(0, order // k, out)
-    return summed.to(hidden_states.dtype)
+    # back to (token, k) order, then a sum over k: deterministic, unlike an atomic index_add on a GPU
+    unsorted = torch.empty_like(out)
+    unsorted[order] = out
+    return unsorted.view(n_tokens, k, -1).sum(1).to(hidden_states.dtype)
 
 
 ExpertsInterface.register(GROUPED, grouped_experts_forward)
