@@ -86,10 +86,15 @@ def measure(model, loader, config: TrainConfig, *, steps: int, warmup: int) -> p
     return _median_step(trainer.fit(), warmup)
 
 
-def _mfu(model, tokens_per_s: float, seq_len: int, precision: str, device: torch.device) -> float:
+def _mfu_per_token_per_s(model, seq_len: int, precision: str, device: torch.device) -> float:
+    """MFU of one token per second; NaN on a CPU or a GPU the planning table does not know (as in the Trainer)."""
     if device.type != "cuda":
         return math.nan
-    return planning.mfu(tokens_per_s, planning.flops_per_token(model.config, seq_len), planning.peak_flops(None, precision))
+    try:
+        return planning.mfu(1.0, planning.flops_per_token(model.config, seq_len), planning.peak_flops(None, precision))
+    except (ValueError, AttributeError, TypeError, KeyError) as exc:
+        warnings.warn(f"MFU not available: {exc}", stacklevel=3)
+        return math.nan
 
 
 def plain_hf(model, loader, *, steps: int, warmup: int, precision: str = "bf16", lr: float = 1e-3,
@@ -118,9 +123,12 @@ def plain_hf(model, loader, *, steps: int, warmup: int, precision: str = "bf16",
         optimizer.zero_grad(set_to_none=True)
         sync()
         speed = tokens / (time.perf_counter() - start)
-        rows.append(dict(loss=loss.item(), tokens_per_s=speed, mfu=_mfu(model, speed, seq_len, precision, device),
+        rows.append(dict(loss=loss.item(), tokens_per_s=speed, seq_len=seq_len,
                          peak_mem_gb=torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else math.nan))
-    return _median_step(pd.DataFrame(rows), warmup)
+    history = pd.DataFrame(rows)
+    per_token = {n: _mfu_per_token_per_s(model, n, precision, device) for n in history["seq_len"].unique()}
+    history["mfu"] = history["tokens_per_s"] * history["seq_len"].map(per_token)
+    return _median_step(history, warmup)
 
 
 def validation_loss(model, val_loader, *, precision: str, batches: int | None, device=None) -> float:
