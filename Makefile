@@ -20,7 +20,7 @@ LAB_FLAGS := --LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u))
 # No "get Jupyter news?" pop-up and no update check (both would fetch from the web): a settings default of ours.
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/cookbook.json
 
-.PHONY: install pins run test lint unit nbval lab bench clean book test-browser workshop offline-install
+.PHONY: install pins run test lint unit nbval lab bench clean book test-browser workshop offline-install mutate
 
 install: $(STAMP)
 
@@ -91,6 +91,12 @@ workshop: $(STAMP)
 offline-install:
 	$(MAKE) install WHEELS=wheelhouse
 	mkdir -p "$${COOKBOOK_CACHE:-$$HOME/.cache/cookbook}" && cp -R cache/. "$${COOKBOOK_CACHE:-$$HOME/.cache/cookbook}/"
+
+# Mutation testing (tools/mutate.py, mutmut) of chosen modules against their own tests, at low priority; slow, so
+# not part of make test: make mutate MODULES="planning.memory train.loss deploy.service:validate" [BUDGET=900]
+mutate: $(STAMP)
+	@test -n "$(MODULES)" || { echo 'usage: make mutate MODULES="planning.memory data.dedup" [BUDGET=seconds per module]' >&2; exit 2; }
+	nice -n 15 $(BIN)/python tools/mutate.py $(MODULES) $(if $(BUDGET),--budget $(BUDGET))
 
 print-%:
 	@echo $($*)
