@@ -78,13 +78,14 @@ class Int8Experts(nn.Module):
         return qdata.to(scale.dtype) * scale
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
-        try:
-            for name in WEIGHTS:  # plain attributes for this call only: never stored, never in the state dict
-                setattr(self.kernel, name, self.dequantized(name).to(hidden_states.dtype))
-            return self.kernel(hidden_states, top_k_index, top_k_weights)
-        finally:
-            for name in WEIGHTS:
-                self.kernel.__dict__.pop(name, None)
+        # New: a shallow copy of the kernel per call holds this call's dequantized weights. Lending them to the
+        # shared kernel (set, run, delete) let two threads serving one model delete each other's weights mid-forward
+        # (AttributeError: no attribute 'gate_up_proj'); the copy shares every parameter and buffer, costs a dict
+        # copy, and is gone with the call: never stored, never in the state dict.
+        kernel = copy.copy(self.kernel)
+        for name in WEIGHTS:
+            kernel.__dict__[name] = self.dequantized(name).to(hidden_states.dtype)
+        return kernel(hidden_states, top_k_index, top_k_weights)
 
     def extra_repr(self) -> str:
         e, two_inter, hidden = self.gate_up_proj_int8.shape

@@ -1,6 +1,7 @@
 """Int8 routed experts: the round-trip bound by hand, the same forward (and kernel) as transformers' experts."""
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -83,3 +84,35 @@ def test_int8_experts_refuses_modules_it_cannot_read():
         compress.quantize_experts(tiny().model.layers[1].mlp.experts)
     with pytest.raises(ValueError, match="valid: gate_up_proj, down_proj"):
         compress.Int8Experts(tiny().model.layers[1].mlp.experts).dequantized("up_proj")
+
+
+def test_one_quantized_model_is_safe_to_share_between_threads():
+    # two server threads on one int8 model: each call must see its own dequantized weights, never lose them to
+    # the other thread (the old lend-and-delete forward raised AttributeError: no attribute 'gate_up_proj')
+    model = tiny().eval()
+    compress.quantize_experts(model)
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randint(0, VOCAB, (2, 12), generator=gen) for _ in range(2)]
+    with torch.no_grad():
+        expected = [model(input_ids=ids).logits for ids in inputs]
+    start, errors, results = threading.Barrier(2), [], {0: [], 1: []}
+
+    def work(k):
+        start.wait()
+        try:
+            with torch.no_grad():
+                for _ in range(30):
+                    results[k].append(model(input_ids=inputs[k]).logits)
+        except Exception as err:  # noqa: BLE001 - collected and reported by the main thread
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and errors == []
+    for k in range(2):
+        assert len(results[k]) == 30 and all(torch.equal(r, expected[k]) for r in results[k])
+    experts = model.model.layers[1].mlp.experts
+    assert not {"gate_up_proj", "down_proj"} & set(experts.kernel.__dict__)  # no call left its weights behind
