@@ -1,5 +1,7 @@
 """cookbook.planning.memory against the ZeRO paper's worked example, Korthikanti et al.'s formula and hand counts."""
 
+import re
+
 import pytest
 from transformers import DeepseekV3Config
 
@@ -96,3 +98,91 @@ def test_training_memory_bad_model():
     assert planning.training_memory(7.5e9)["gpu_total"] == 120.0  # a float count is fine
     with pytest.raises(ValueError, match="micro_batch"):
         planning.activation_memory(llama(), 0, 8)
+
+
+# Every ZeRO stage x offload x GPU count for 1e9 parameters in bf16-mixed AdamW, written out by hand from the
+# ZeRO paper's 2 + 2 + 12 bytes: stage 1 splits the 12, stage 2 also the 2 of gradients, stage 3 also the 2 of
+# weights; an offloaded optimizer takes every state shard and every gradient shard to CPU (12 + 2 = 14 GB for the
+# whole job, whatever the stage); offloaded weights add their 2 GB.
+@pytest.mark.parametrize("stage, n, off_opt, off_par, params, grads, optimizer, cpu", [
+    (0, 1, False, False, 2, 2, 12, 0), (0, 4, False, False, 2, 2, 12, 0),
+    (1, 1, False, False, 2, 2, 12, 0), (1, 4, False, False, 2, 2, 3, 0),
+    (1, 1, True, False, 2, 0, 0, 14), (1, 4, True, False, 2, 0, 0, 14),  # not 20: the gradient shards, not 4 copies
+    (2, 1, False, False, 2, 2, 12, 0), (2, 4, False, False, 2, 0.5, 3, 0), (2, 8, True, False, 2, 0, 0, 14),
+    (3, 1, False, False, 2, 2, 12, 0), (3, 4, False, False, 0.5, 0.5, 3, 0), (3, 8, False, False, 0.25, 0.25, 1.5, 0),
+    (3, 4, True, False, 0.5, 0, 0, 14), (3, 4, True, True, 0, 0, 0, 16), (3, 1, False, True, 0, 2, 12, 2),
+])
+def test_every_stage_offload_and_gpu_count_by_hand(stage, n, off_opt, off_par, params, grads, optimizer, cpu):
+    est = planning.training_memory(10**9, zero_stage=stage, n_gpus=n, offload_optimizer=off_opt,
+                                   offload_params=off_par)
+    got = est[["params", "grads", "optimizer", "cpu_total"]].tolist()
+    assert got == pytest.approx([params, grads, optimizer, cpu])
+    assert est["gpu_total"] == pytest.approx(params + grads + optimizer) and est.name == "GB"
+
+
+def test_defaults_are_one_gpu_without_offload():
+    assert planning.training_memory(10**9, zero_stage=3)["gpu_total"] == 16  # n_gpus=1: nothing is split
+    assert planning.training_memory(1)["gpu_total"] == pytest.approx(16e-9)  # the smallest model: one parameter
+
+
+@pytest.mark.parametrize("trainable, grads, optimizer", [(0, 0, 0), (10**9, 2, 12), (0.5e9, 1, 6)])
+def test_trainable_bounds_are_inclusive(trainable, grads, optimizer):
+    est = planning.training_memory(10**9, trainable=trainable)
+    assert (est["params"], est["grads"], est["optimizer"]) == (2, grads, optimizer)
+
+
+@pytest.mark.parametrize("trainable", [-1, 10**9 + 1, True, "all"])
+def test_trainable_out_of_range(trainable):
+    message = f"trainable must be an int between 0 and the 1000000000 parameters, got {trainable!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        planning.training_memory(10**9, trainable=trainable)
+
+
+def test_training_memory_passes_activation_options_on():
+    config = llama()
+    for checkpointing, flash in [(False, False), (False, True), (True, False)]:
+        est = planning.training_memory(config, seq_len=8, micro_batch=2, checkpointing=checkpointing,
+                                       flash_attention=flash)
+        assert est["activations"] == planning.activation_memory(config, 2, 8, checkpointing=checkpointing,
+                                                                flash_attention=flash)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(zero_stage=4), "zero_stage must be 0, 1, 2 or 3, got 4"),
+    (dict(n_gpus=0), "n_gpus must be a positive int, got 0"),
+    (dict(zero_stage=2, offload_params=True), "offload_params needs zero_stage=3 (only stage 3 partitions the weights)"),
+    (dict(offload_optimizer=True),
+     "offload_optimizer needs zero_stage >= 1 (ZeRO-Offload works on partitioned states)"),
+    (dict(precision="fp8"), "unknown precision 'fp8'; valid: fp32, bf16-mixed, fp16-mixed, bf16"),
+    (dict(optimizer="lion"), "unknown optimizer 'lion'; valid: adamw, adamw-8bit, sgd, adafactor"),
+    (dict(seq_len=128), "activations need the model's shape: pass a config, not a parameter count"),
+])
+def test_training_memory_error_messages_in_full(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        planning.training_memory(10**9, **kwargs)
+
+
+def test_inference_memory_splits_weights_and_cache_over_gpus():
+    config = planning.llama1_config("65B")
+    # LLaMA-65B by hand: 80 layers of 4·h² (attention) + 3·h·ffn (SwiGLU) + 2·h (norms), embedding + lm_head, norm
+    h, ffn = 8192, 22016
+    total = 80 * (4 * h * h + 3 * h * ffn + 2 * h) + 2 * 32000 * h + h
+    cache = 80 * 2 * 64 * 128 * 2048 * 2 / 1e9  # K and V, 64 heads x 128 dims, 2048 tokens, 2 bytes: 5.37 GB
+    two = planning.inference_memory(config, n_gpus=2)
+    assert two["params"] == pytest.approx(total * 2 / 1e9 / 2)
+    assert two["kv_cache"] == pytest.approx(cache / 2) and round(two["kv_cache"], 2) == 2.68  # not 5.37
+    assert two["gpu_total"] == pytest.approx(two["params"] + two["kv_cache"]) and two.name == "GB"
+    one = planning.inference_memory(config, batch=3, seq_len=100, bytes_per_param=1)
+    assert one["params"] == pytest.approx(total / 1e9)
+    assert one["kv_cache"] == pytest.approx(80 * 2 * 64 * 128 * 3 * 100 * 2 / 1e9)
+    with pytest.raises(ValueError, match="^n_gpus must be a positive int, got 0$"):
+        planning.inference_memory(config, n_gpus=0)
+
+
+def test_kv_cache_batch_and_bytes_per_value():
+    config = llama()  # 2 layers, 2 KV heads (GQA) of 16 / 4 = 4 dims
+    assert planning.kv_cache_memory(config, 3, 5, bytes_per_value=1) == 2 * 2 * 2 * 4 * 3 * 5 / 1e9
+    with pytest.raises(ValueError, match="^batch must be a positive int, got 0$"):
+        planning.kv_cache_memory(config, 0, 5)
+    with pytest.raises(ValueError, match="^seq_len must be a positive int, got 0$"):
+        planning.kv_cache_memory(config, 1, 0)
