@@ -1,7 +1,7 @@
 """Evaluation, hyperparameter search and the data-centric loop.
 
-metrics (perplexity over a dataset, classification report, BLEU / chrF / ROUGE-L) · execution (sandboxed
-hidden-test runs of generated code, unbiased pass@k) · codegen (a small task set, held-out functions, sampled
+metrics (perplexity over a dataset, classification report, BLEU / chrF / ROUGE-L) · execution (hidden-test
+runs under bubblewrap of generated code, unbiased pass@k) · codegen (a small task set, held-out functions, sampled
 completions) · classifier (a small MLP and its training loop) · tuning (one search API over Optuna TPE, Ax's
 BoTorch GP and random search; median and early-stopping pruners; history and importance plots) · tracking (an
 MLflow sink for the Trainer and the monitor, tuning trials as MLflow runs) · active (uncertainty sampling, a
@@ -22,7 +22,16 @@ from cookbook.evaluate.active import (
 )
 from cookbook.evaluate.codegen import TASKS, Task, complete, function_body_end, held_out_functions
 from cookbook.evaluate.continual import EWC, fisher_diagonal, kl_shift, token_counts
-from cookbook.evaluate.execution import STATUSES, Verdict, execution_pass_at_k, pass_at_k, run_candidate
+from cookbook.evaluate.execution import (
+    ISOLATIONS,
+    STATUSES,
+    SandboxUnavailable,
+    SandboxWarning,
+    Verdict,
+    execution_pass_at_k,
+    pass_at_k,
+    run_candidate,
+)
 from cookbook.evaluate.metrics import (
     bleu,
     chrf,
@@ -52,8 +61,8 @@ from cookbook.evaluate.tuning import (
 )
 
 __all__ = [
-    "BACKENDS", "EWC", "PRUNERS", "STATUSES", "STRATEGIES", "TASKS", "Choice", "Decision", "Float", "Int",
-    "MlflowSink", "Pruned", "SearchResult", "Shadow", "StallPruner", "Task", "Trial", "Verdict", "bleu", "chrf",
+    "BACKENDS", "EWC", "ISOLATIONS", "PRUNERS", "STATUSES", "STRATEGIES", "TASKS", "Choice", "Decision", "Float", "Int",
+    "MlflowSink", "Pruned", "SandboxUnavailable", "SandboxWarning", "SearchResult", "Shadow", "StallPruner", "Task", "Trial", "Verdict", "bleu", "chrf",
     "classification_report", "classifier", "cohen_kappa", "complete", "decide", "default_uri",
     "execution_pass_at_k", "fisher_diagonal", "function_body_end", "held_out_functions", "history_plot",
     "importance", "importance_plot", "kl_shift", "labelling_curve", "mcnemar", "noisy_labels", "paired_bootstrap",
