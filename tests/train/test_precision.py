@@ -73,3 +73,34 @@ def test_tf32_switch_restores_previous_settings():
             assert matmul.fp32_precision == "ieee"
         assert matmul.fp32_precision == "tf32"
     assert matmul.fp32_precision == before
+
+
+def test_supported_reasons_in_full_on_cpu():
+    assert amp.supported("tf32", "cpu") == (False, "TF32 is a CUDA tensor-core mode; on cpu it is plain fp32")
+    assert amp.supported("fp16", "cpu") == (True, "") and amp.supported("bf16", torch.device("cpu")) == (True, "")
+    assert amp.supported("fp16", "meta") == (False, "no autocast for meta")  # a device without autocast
+    with pytest.raises(ValueError, match="^unknown precision 'int4'; valid: fp32, tf32, bf16, fp16$"):
+        amp.supported("int4", "cpu")
+
+
+def test_autocast_dtype_and_the_fp32_context_is_a_no_op():
+    assert [amp.autocast_dtype(p) for p in amp.PRECISIONS] == [None, None, torch.bfloat16, torch.float16]
+    assert amp.check("bf16") == "bf16"
+    with amp.autocast("fp32", "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    with amp.autocast("bf16", "cpu"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_tf32_switch_covers_convolutions_and_restores_after_an_error():
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    with pytest.raises(RuntimeError, match="inside"):
+        with amp.tf32():  # enabled by default
+            assert conv.fp32_precision == matmul.fp32_precision == "tf32"
+            raise RuntimeError("inside")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
+
+
+def test_grad_scaler_follows_the_device():
+    assert amp.grad_scaler("fp16", torch.device("cpu"))._device == "cpu"
