@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from cookbook import robust
+from cookbook.robust.attacks import eval_mode
 
 
 def _linear(seed=0):
@@ -209,3 +210,13 @@ def test_integer_images_are_rejected():
     model, (x, y) = _linear(), _batch()
     with pytest.raises(TypeError, match="floating-point"):
         robust.fgsm(model, (x * 255).long(), y, 0.1)
+
+
+def test_eval_mode_restores_each_modules_own_flag():
+    model = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Sequential(torch.nn.BatchNorm1d(2)))
+    model[1].eval()  # a mix: the outer model and the dropout train, the inner block does not
+    with pytest.raises(RuntimeError, match="inside"):
+        with eval_mode(model) as inside:
+            assert inside is model and not any(m.training for m in model.modules())
+            raise RuntimeError("inside")
+    assert [m.training for m in model.modules()] == [True, True, False, False]
