@@ -7,7 +7,8 @@ validation, deadlines, health, micro-batching, Prometheus metrics) · stack (rep
 weights, Prometheus; started and stopped by PID) · load (a `grpc.aio` load test: QPS, p50/p99) · replica (one
 server process) · stubs (regenerates the committed gRPC stubs). Needs the `serve` extra (grpcio,
 grpcio-health-checking, prometheus_client; onnx, onnxscript, onnxruntime to export; tritonclient to validate Triton
-configs); the stack needs the Debian packages `nginx` and `prometheus`. Shown in notebooks/12.
+configs); the stack's optional servers are the `nginx` and `prometheus` programs (apt, brew or conda-forge; without
+them the replicas serve directly). Shown in notebooks/12.
 """
 
 from cookbook.deploy.audit import AuditLog, fingerprint, read_audit
@@ -16,9 +17,12 @@ from cookbook.deploy.export import (
     ORT_LEVELS,
     ExportResult,
     LogitsOnly,
+    OnnxRunner,
+    check_input_ids,
     custom_ops,
     dynamic_shapes,
     experts_implementation,
+    export_limits,
     onnx_export,
     onnx_from_program,
     ort_session,
@@ -37,13 +41,16 @@ from cookbook.deploy.service import (
     validate,
 )
 from cookbook.deploy.stack import (
+    OPTIONAL,
     Nginx,
     Process,
     Prometheus,
     Replica,
     Stack,
     Starting,
+    find,
     free_port,
+    install_hint,
     nginx_config,
     require,
     save_for_serving,
@@ -55,10 +62,10 @@ from cookbook.deploy.stack import (
 )
 from cookbook.deploy.triton import check_triton_config, parse_triton_config, triton_config, triton_repository
 
-__all__ = ["EXPERTS_FOR_ONNX", "LATENCY_BUCKETS", "ORT_LEVELS", "PROMPTS", "SERVICE", "AuditLog", "ExportResult",
-           "Generation", "InvalidRequest", "LoadResult", "LogitsOnly", "ModelServer", "Nginx", "Process", "Prometheus",
-           "Replica", "ServiceConfig", "Stack", "Starting", "check_triton_config", "custom_ops", "dynamic_shapes",
-           "experts_implementation", "fingerprint", "free_port", "generate", "load_sweep", "load_test", "nginx_config",
+__all__ = ["EXPERTS_FOR_ONNX", "LATENCY_BUCKETS", "OPTIONAL", "ORT_LEVELS", "PROMPTS", "SERVICE", "AuditLog", "ExportResult",
+           "Generation", "InvalidRequest", "LoadResult", "LogitsOnly", "ModelServer", "OnnxRunner", "Nginx", "Process", "Prometheus",
+           "Replica", "ServiceConfig", "Stack", "Starting", "check_input_ids", "check_triton_config", "custom_ops", "dynamic_shapes",
+           "experts_implementation", "export_limits", "find", "fingerprint", "free_port", "install_hint", "generate", "load_sweep", "load_test", "nginx_config",
            "onnx_export", "onnx_from_program", "ort_session", "parity", "parse_triton_config", "predict", "read_audit", "require",
            "save_for_serving", "scrape", "spawn_replica", "start_nginx", "start_prometheus", "start_replica", "torch_export",
            "torchscript_trace", "triton_config", "triton_repository", "validate"]

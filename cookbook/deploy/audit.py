@@ -42,6 +42,7 @@ class AuditLog:
     def __init__(self, path: str | Path, *, raw: bool = False, key: bytes | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()  # a server that has answered nothing has an empty log, not a missing one
         self.raw, self._key = raw, key
         self._lock = threading.Lock()
 

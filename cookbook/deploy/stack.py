@@ -37,18 +37,32 @@ from prometheus_client.parser import text_string_to_metric_families
 from cookbook.checks import positive_int
 from cookbook.env import quiet_progress
 
-__all__ = ["Nginx", "Process", "Prometheus", "Replica", "Stack", "Starting", "free_port", "nginx_config", "require",
-           "save_for_serving", "scrape", "spawn_replica", "start_nginx", "start_prometheus", "start_replica"]
+__all__ = ["OPTIONAL", "Nginx", "Process", "Prometheus", "Replica", "Stack", "Starting", "find", "free_port",
+           "install_hint", "nginx_config", "require", "save_for_serving", "scrape", "spawn_replica", "start_nginx",
+           "start_prometheus", "start_replica"]
 
-_INSTALL = {"nginx": "apt-get install nginx (Debian/Ubuntu) or brew install nginx (macOS)",
-            "prometheus": "apt-get install prometheus (Debian/Ubuntu) or brew install prometheus (macOS)"}
+# the optional servers: the same package name on Debian/Ubuntu (apt), macOS (Homebrew) and conda-forge
+OPTIONAL = ("nginx", "prometheus")
+
+
+def install_hint(binary: str) -> str:
+    """One line: `binary` is not installed, and how to install it with apt, brew or conda-forge."""
+    return (f"{binary} is not installed: sudo apt-get install {binary} (Debian/Ubuntu) · brew install {binary} "
+            f"(macOS) · conda install -c conda-forge {binary} (conda)")
+
+
+def find(binary: str) -> str | None:
+    """The path of `binary` on PATH (or in /usr/sbin, where Debian puts nginx), None where it is not installed.
+
+    Shown in notebooks/12 §7."""
+    return shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/local/sbin")
 
 
 def require(binary: str) -> str:
-    """The path of `binary` on PATH (or in /usr/sbin), else a FileNotFoundError saying how to install it."""
-    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/local/sbin")
+    """The path of `binary` (`find`), else a FileNotFoundError saying how to install it (`install_hint`)."""
+    found = find(binary)
     if not found:
-        raise FileNotFoundError(f"{binary} is not installed: {_INSTALL.get(binary, 'install it')}")
+        raise FileNotFoundError(install_hint(binary))
     return found
 
 
@@ -180,9 +194,11 @@ class Starting:
 
 
 def spawn_replica(model_dir: str | Path, workdir: str | Path, *, name: str = "replica", dtype: str = "fp32",
-                  config: dict | None = None, audit: bool = True, threads: int = 1, device: str = "cpu") -> Starting:
+                  config: dict | None = None, audit: bool = True, threads: int = 1, device: str = "cpu",
+                  cpus=None) -> Starting:
     """Spawn a replica process and return at once; `.wait()` gives the `Replica` once it serves (start several,
-    then wait for each: they load their models in parallel). Arguments as in `start_replica`. Shown in
+    then wait for each: they load their models in parallel). Arguments as in `start_replica`; `cpus` (CPU ids,
+    Linux) pins the process to those cores, as `taskset` would, before it starts a thread. Shown in
     notebooks/12 §1."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +211,10 @@ def spawn_replica(model_dir: str | Path, workdir: str | Path, *, name: str = "re
     if audit_path:
         args += ["--audit", str(audit_path)]
     env = {**os.environ, "OMP_NUM_THREADS": str(positive_int("threads", threads)), "PYTHONUNBUFFERED": "1"}
-    return Starting(_spawn(name, args, workdir, env), ready, audit_path)
+    process = _spawn(name, args, workdir, env)
+    if cpus is not None:
+        os.sched_setaffinity(process.pid, set(cpus))  # the interpreter is still starting: every thread inherits it
+    return Starting(process, ready, audit_path)
 
 
 def start_replica(model_dir: str | Path, workdir: str | Path, *, name: str = "replica", dtype: str = "fp32",
@@ -229,6 +248,9 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port} http2;
+        # no body limit of nginx's own (its default, 1 MiB, answers HTTP 413, which a gRPC client sees as UNKNOWN):
+        # the replica refuses an oversized message itself, with the service's status (RESOURCE_EXHAUSTED)
+        client_max_body_size 0;
         location / {{
             grpc_pass grpc://model_service;
             grpc_connect_timeout 2s;
@@ -364,19 +386,21 @@ class Stack:
               config: dict | None = None, threads: int = 1, device: str = "cpu", **options) -> Stack:
         """One replica per weight (spawned together: they load their models in parallel), then `from_replicas`.
 
-        `options` go to `from_replicas` (prometheus, scrape_interval_s, timeout). Shown in notebooks/12 §7.
+        `options` go to `from_replicas` (nginx, prometheus, scrape_interval_s, timeout). Shown in notebooks/12 §7.
         """
         starting = [spawn_replica(model_dir, workdir, name=f"replica{i}", dtype=dtype, config=config,
                                   threads=threads, device=device) for i in range(len(weights))]
         return cls.from_replicas(starting, Path(workdir), weights=weights, **options)
 
     @classmethod
-    def from_replicas(cls, starting: list[Starting], workdir: str | Path, *, weights=(3, 2), prometheus: bool = True,
-                      scrape_interval_s: float = 1.0, timeout: float = 180.0) -> Stack:
+    def from_replicas(cls, starting: list[Starting], workdir: str | Path, *, weights=(3, 2), nginx: bool = True,
+                      prometheus: bool = True, scrape_interval_s: float = 1.0, timeout: float = 180.0) -> Stack:
         """Wait for spawned replicas (`spawn_replica`), put nginx in front with `weights` (one per replica) and
         start Prometheus scraping them. Spawn early, call this when you need the stack: the models load meanwhile.
 
-        Anything started before a failure is stopped before the error propagates. Shown in notebooks/12 §7.
+        `nginx=False` / `prometheus=False` leave that part out (`stack.nginx` / `stack.prometheus` is None): pass
+        `find("nginx") is not None` to use each where it is installed. Anything started before a failure is
+        stopped before the error propagates. Shown in notebooks/12 §7.
         """
         if len(starting) != len(weights):
             raise ValueError(f"one weight per replica: {len(starting)} replicas, weights {tuple(weights)}")
@@ -384,8 +408,9 @@ class Stack:
         stack = cls([], None, None, workdir)
         try:
             stack.replicas = [s.wait(timeout) for s in starting]
-            stack.nginx = start_nginx([(r.address, w) for r, w in zip(stack.replicas, weights, strict=True)],
-                                      workdir / "nginx")
+            if nginx:
+                stack.nginx = start_nginx([(r.address, w) for r, w in zip(stack.replicas, weights, strict=True)],
+                                          workdir / "nginx")
             if prometheus:
                 stack.prometheus = start_prometheus([f"127.0.0.1:{r.metrics_port}" for r in stack.replicas],
                                                     workdir / "prometheus", scrape_interval_s=scrape_interval_s)

@@ -48,3 +48,12 @@ def test_concurrent_writers_never_interleave(tmp_path):
         t.join()
     frame = deploy.read_audit(tmp_path / "a.jsonl")  # every line parses
     assert len(frame) == 200 and frame["request_id"].is_unique
+
+
+def test_a_new_log_exists_and_reads_as_empty(tmp_path):
+    # a replica that has answered nothing (no nginx in front: all traffic went to the other one) has an empty log
+    log = deploy.AuditLog(tmp_path / "sub" / "idle.jsonl")
+    assert log.path.exists() and log.path.read_text() == ""
+    assert len(deploy.read_audit(log.path)) == 0
+    log.write(request_id="a", status="OK", prompt="p", output="o")
+    assert deploy.AuditLog(log.path).path.read_text().count("\n") == 1  # reopening appends, never truncates
