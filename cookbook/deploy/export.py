@@ -30,14 +30,17 @@ from transformers.utils import logging as hf_logging
 
 from cookbook.checks import positive_int
 
-__all__ = ["EXPERTS_FOR_ONNX", "ORT_LEVELS", "ExportResult", "LogitsOnly", "custom_ops", "dynamic_shapes",
-           "experts_implementation", "onnx_export", "onnx_from_program", "ort_session", "parity", "torch_export",
-           "torchscript_trace"]
+__all__ = ["EXPERTS_FOR_ONNX", "ORT_LEVELS", "ExportResult", "LogitsOnly", "OnnxRunner", "check_input_ids",
+           "custom_ops", "dynamic_shapes", "experts_implementation", "export_limits", "onnx_export",
+           "onnx_from_program", "ort_session", "parity", "torch_export", "torchscript_trace"]
 
 EXPERTS_FOR_ONNX = "batched_mm"  # the experts implementation the ONNX exporter can translate (plain aten ops)
 # ONNX Runtime's graph optimisation levels, from none to all (constant folding, node fusions, layout changes).
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 _ATEN = ("aten", "prims")  # op namespaces every exporter knows
+# ONNX metadata keys holding the export's declared limits: ONNX Runtime checks none of them by itself (a batch of 65
+# runs through a graph exported for 64, and token id -1 silently reads the last embedding row)
+_LIMIT_KEYS = {"max_batch": "cookbook.max_batch", "max_seq": "cookbook.max_seq"}
 
 
 class LogitsOnly(nn.Module):
@@ -126,6 +129,49 @@ def custom_ops(program: torch.export.ExportedProgram) -> list[str]:
     return sorted(names)
 
 
+def export_limits(program: torch.export.ExportedProgram) -> dict[str, int]:
+    """{"max_batch", "max_seq"}: the upper bounds the program declares for its dynamic `input_ids` axes."""
+    name = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+    limits = {}
+    for key, size in zip(("max_batch", "max_seq"), node.meta["val"].shape, strict=True):
+        if isinstance(size, torch.SymInt):
+            limits[key] = int(program.range_constraints[size.node.expr].upper)
+        else:  # a static axis: its only size is its limit
+            limits[key] = int(size)
+    return limits
+
+
+def check_input_ids(input_ids, *, vocab_size: int, max_batch: int, max_seq: int) -> np.ndarray:
+    """`input_ids` as an int64 (batch, seq) array if it is within the limits, else a ValueError naming the bad
+    value and the valid range: ids in [0, vocab_size), 1 <= batch <= max_batch, 1 <= seq <= max_seq.
+
+    An exported graph checks none of this: ONNX Runtime runs id -1 (it gathers the last embedding row), a batch or
+    a length past what the export declared, and fails on an empty sequence with an opaque Reshape error.
+    Shown in notebooks/12 §3.
+    """
+    ids = input_ids.detach().cpu().numpy() if isinstance(input_ids, torch.Tensor) else np.asarray(input_ids)
+    if ids.dtype.kind not in "iu" and not (ids.size == 0 and ids.dtype.kind == "f"):
+        raise ValueError(f"input_ids must hold integer token ids, got dtype {ids.dtype}")
+    if ids.ndim != 2:
+        raise ValueError(f"input_ids must have shape (batch, seq), got {ids.ndim} dimension(s): {ids.shape}")
+    batch, seq = ids.shape
+    if batch == 0:
+        raise ValueError("input_ids holds no sequence (batch 0); send at least one")
+    if seq == 0:
+        raise ValueError("input_ids holds empty sequences (seq 0); every sequence needs at least one token")
+    if batch > max_batch:
+        raise ValueError(f"batch {batch} exceeds the export's limit of {max_batch}; split it into smaller batches")
+    if seq > max_seq:
+        raise ValueError(f"sequence length {seq} exceeds the export's limit of {max_seq} tokens")
+    bad = np.argwhere((ids < 0) | (ids >= vocab_size))
+    if len(bad):
+        row, col = (int(i) for i in bad[0])
+        raise ValueError(f"token id {int(ids[row, col])} at [{row}, {col}] is outside the vocabulary: valid ids are "
+                         f"0..{vocab_size - 1} ({len(bad)} bad id(s) in all)")
+    return ids.astype(np.int64, copy=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
     """What `onnx_export` wrote: the file, its size, the experts implementation exported and the time it took."""
@@ -175,6 +221,8 @@ def onnx_from_program(program: torch.export.ExportedProgram, path: str | Path, *
                                          dynamic_shapes={"input_ids": {0: "batch", 1: "seq"}}, verbose=False)
     finally:
         registration.setLevel(level)
+    # the declared limits travel inside the file, so whoever serves it can check requests against them (OnnxRunner)
+    exported.model.metadata_props.update({_LIMIT_KEYS[k]: str(v) for k, v in export_limits(program).items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     exported.save(str(path))
     inputs, outputs = _io(path)
@@ -219,6 +267,37 @@ def ort_session(path: str | Path, level: str = "all", *, threads: int = 1, optim
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+class OnnxRunner:
+    """An exported LM in ONNX Runtime that checks every input first (`check_input_ids`): `runner(input_ids)` →
+    logits (batch, seq, vocab) as a NumPy array, or a ValueError that says what is wrong with the input.
+
+    The limits come from the file (`onnx_from_program` stores the export's max batch and length in its metadata)
+    and the vocabulary from the logits' static last axis; pass them for an ONNX file exported elsewhere.
+    Shown in notebooks/12 §3.
+    """
+
+    def __init__(self, path: str | Path, level: str = "all", *, threads: int = 1, max_batch: int | None = None,
+                 max_seq: int | None = None, vocab_size: int | None = None,
+                 optimized_path: str | Path | None = None):
+        self.session = ort_session(path, level, threads=threads, optimized_path=optimized_path)
+        declared = self.session.get_modelmeta().custom_metadata_map
+        given = {"max_batch": max_batch, "max_seq": max_seq}
+        for key, value in given.items():
+            value = value if value is not None else declared.get(_LIMIT_KEYS[key])
+            if value is None:
+                raise ValueError(f"{path} declares no {key} (not exported by onnx_from_program): pass {key}=...")
+            setattr(self, key, positive_int(key, int(value)))
+        vocab = self.session.get_outputs()[0].shape[-1]
+        vocab = vocab_size if vocab_size is not None else vocab
+        if not isinstance(vocab, int):
+            raise ValueError(f"{path}: the logits' vocabulary axis is dynamic ({vocab!r}): pass vocab_size=...")
+        self.vocab_size = positive_int("vocab_size", vocab)
+
+    def __call__(self, input_ids) -> np.ndarray:
+        ids = check_input_ids(input_ids, vocab_size=self.vocab_size, max_batch=self.max_batch, max_seq=self.max_seq)
+        return self.session.run(["logits"], {"input_ids": ids})[0]
+
+
 def _median_ms(fn, repeats: int) -> float:
     fn()  # warm-up: first runs allocate
     times = []
@@ -249,14 +328,14 @@ def parity(model: nn.Module, path: str | Path, shapes, *, levels=ORT_LEVELS, voc
                      ms=_median_ms(lambda: wrapped(batches[-1]), repeats))]
     for level in levels:
         rewritten = Path(path).with_suffix(f".{level}.onnx")
-        session = ort_session(path, level, threads=threads, optimized_path=rewritten)
-        got = [session.run(["logits"], {"input_ids": ids.numpy()})[0] for ids in batches]
+        runner = OnnxRunner(path, level, threads=threads, optimized_path=rewritten,
+                            max_batch=max(b for b, _ in shapes), max_seq=max(s for _, s in shapes))
+        got = [runner(ids) for ids in batches]
         nodes = len(onnx.load(str(rewritten), load_external_data=False).graph.node)
         rewritten.unlink()
         diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
         rows.append(dict(level=level, max_abs_diff=diff, nodes=nodes,
-                         ms=_median_ms(lambda s=session: s.run(["logits"], {"input_ids": batches[-1].numpy()}),
-                                       repeats)))
+                         ms=_median_ms(lambda r=runner: r(batches[-1]), repeats)))
     return pd.DataFrame(rows).set_index("level")
 
 

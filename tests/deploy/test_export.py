@@ -84,3 +84,44 @@ def test_torchscript_is_legacy_but_matches_for_the_dense_twin(dense, example_ids
     with torch.no_grad():
         np.testing.assert_array_equal(traced(ids).numpy(), _eager(dense, ids).numpy())
     assert any(n.startswith("DeprecationWarning: `torch.jit.trace` is deprecated") for n in notes), notes
+
+
+def test_export_declares_its_limits_and_the_runner_reads_them(programs, onnx_files, dense, tok):
+    assert deploy.export_limits(programs["dense"]) == {"max_batch": 64, "max_seq": 256}  # conftest's export
+    runner = deploy.OnnxRunner(onnx_files["dense"].path, "basic")
+    assert (runner.max_batch, runner.max_seq, runner.vocab_size) == (64, 256, len(tok))
+    ids = torch.randint(0, len(tok), (2, 5), generator=torch.Generator().manual_seed(3))
+    assert np.abs(runner(ids) - _eager(dense, ids).numpy()).max() < 1e-4
+    boundary = np.full((64, 256), len(tok) - 1, dtype=np.int64)  # the largest batch, length and id all accepted
+    boundary[0, 0] = 0
+    assert runner(boundary).shape == (64, 256, len(tok))
+
+
+@pytest.mark.parametrize("ids, match", [
+    ([[5, -1, 7]], r"token id -1 at \[0, 1\] is outside the vocabulary: valid ids are 0\.\.319"),
+    ([[5, 320]], r"token id 320 at \[0, 1\] is outside the vocabulary: valid ids are 0\.\.319 \(1 bad id"),
+    ([[]], r"empty sequences \(seq 0\)"),
+    (np.zeros((0, 3), dtype=np.int64), r"no sequence \(batch 0\)"),
+    (np.zeros((65, 2), dtype=np.int64), "batch 65 exceeds the export's limit of 64"),
+    (np.zeros((1, 257), dtype=np.int64), "sequence length 257 exceeds the export's limit of 256 tokens"),
+    ([1, 2, 3], r"shape \(batch, seq\), got 1 dimension"),
+    ([[1.5, 2.0]], "integer token ids, got dtype float64"),
+])
+def test_the_onnx_runner_refuses_what_the_model_would_not_take(onnx_files, ids, match):
+    runner = deploy.OnnxRunner(onnx_files["dense"].path, "basic")
+    with pytest.raises(ValueError, match=match):
+        runner(ids)
+
+
+def test_runner_needs_limits_for_a_file_that_declares_none(onnx_files, tmp_path):
+    import onnx
+
+    model = onnx.load(str(onnx_files["dense"].path))
+    del model.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(model, str(foreign))
+    with pytest.raises(ValueError, match="declares no max_batch .*pass max_batch"):
+        deploy.OnnxRunner(foreign, "basic")
+    runner = deploy.OnnxRunner(foreign, "basic", max_batch=2, max_seq=8)
+    with pytest.raises(ValueError, match="batch 3 exceeds the export's limit of 2"):
+        runner(np.zeros((3, 4), dtype=np.int64))
