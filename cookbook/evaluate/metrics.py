@@ -1,9 +1,13 @@
-"""Evaluation metrics per task: perplexity for language models, a classification report, BLEU / chrF / ROUGE-L.
+"""Evaluation metrics per task: perplexity, classification scores, BLEU / chrF / ROUGE / exact match.
 
     perplexity(model, batches)                        # token-weighted over a dataset, padding ignored
+    perplexity_from_nll(total_nll, tokens)            # the same from a summed NLL and its token count
     perplexity_by(model, tok, {"json": [...], ...}, seq_len=128)   # one row per group of documents
     classification_report(y_true, scores)             # accuracy, macro-F1, AUC-PR, confusion matrix
-    text_scores(generated, references)                # BLEU, chrF (sacrebleu), ROUGE-L (rouge-score)
+    f1_scores(y_true, y_pred)                         # F1 micro / macro / weighted (/ binary), P and R per class
+    rouge(generated, references, stemmer=False)       # ROUGE-1/2/L/Lsum; Chinese, Japanese, Korean per character
+    bleu(generated, [[ref_a, ref_b], ...]), chrf(generated, refs, word_order=2)   # sacrebleu; chrF++
+    text_scores(generated, references)                # BLEU, chrF, ROUGE-L
 
 The pass@k execution check of generated code lives in `cookbook.evaluate.execution`.
 """
@@ -11,6 +15,7 @@ The pass@k execution check of generated code lives in `cookbook.evaluate.executi
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -23,8 +28,8 @@ from cookbook.checks import positive_int
 from cookbook.train import pad_batch, token_loss
 from cookbook.train.batches import as_batch, target_count
 
-__all__ = ["bleu", "chrf", "classification_report", "per_example", "perplexity", "perplexity_by", "rouge_l",
-           "text_batches", "text_scores"]
+__all__ = ["bleu", "chrf", "classification_report", "exact_match", "f1_scores", "per_example", "perplexity",
+           "perplexity_by", "perplexity_from_nll", "ROUGE_TYPES", "rouge", "rouge_l", "text_batches", "text_scores"]
 
 
 @torch.no_grad()
@@ -48,8 +53,21 @@ def perplexity(model, batches: Iterable, *, device=None) -> dict[str, float]:
         model.train(was_training)
     if count == 0:
         raise ValueError("perplexity() got no target tokens (no batches, or every label is -100)")
-    loss = total / count
-    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": count}
+    return perplexity_from_nll(total, count)
+
+
+def perplexity_from_nll(total_nll: float, tokens: int) -> dict[str, float]:
+    """`{"loss", "ppl", "tokens"}` from a summed negative log-likelihood (nats) and the number of tokens it covers.
+
+    ppl = exp(total_nll / tokens): the exponent of the mean token loss, never a mean of per-batch perplexities.
+    Shown in notebooks/13 §1.
+    """
+    if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 1:
+        raise ValueError(f"perplexity needs at least one token, got tokens={tokens!r}")
+    if not (math.isfinite(total_nll) and total_nll >= 0):
+        raise ValueError(f"total_nll must be a finite sum of token losses >= 0 nats, got {total_nll!r}")
+    loss = total_nll / tokens
+    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": int(tokens)}
 
 
 @torch.no_grad()
@@ -119,7 +137,7 @@ def perplexity_by(model, tokenizer, groups: Mapping[str, Sequence[str]], *, seq_
                        device=device)
         rows[name] = r
         total, count = total + r["loss"] * r["tokens"], count + r["tokens"]
-    rows["all"] = {"loss": total / count, "ppl": math.exp(min(total / count, 700.0)), "tokens": count}
+    rows["all"] = perplexity_from_nll(total, count)
     return pd.DataFrame(rows).T[["tokens", "loss", "ppl"]].astype({"tokens": int})
 
 
@@ -156,49 +174,142 @@ def classification_report(y_true, scores=None, *, y_pred=None, labels: Sequence 
             "auc_pr": auc_pr, "confusion": confusion}
 
 
-def _pairs(hypotheses, references) -> tuple[list[str], list[str]]:
+def f1_scores(y_true, y_pred, *, labels: Sequence | None = None, pos_label=None) -> dict:
+    """F1 micro, macro and weighted (and binary for `pos_label`), with precision, recall and F1 per class.
+
+    scikit-learn's `precision_recall_fscore_support` underneath. Micro-F1 equals accuracy on single-label data;
+    macro weighs every class the same, weighted by its support. A class nobody predicts has precision 0.
+    Binary F1 needs `pos_label` among the true labels: with no positive example, recall is undefined and this
+    raises rather than report 0. Returns `{"micro", "macro", "weighted", ["binary"], "per_class"}`, the last a
+    DataFrame (precision, recall, f1, support) indexed by label. Shown in notebooks/13 §5.
+    """
+    from sklearn import metrics as skm  # optional, heavy: the `evaluate` extra
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1 or len(y_true) == 0:
+        raise ValueError(f"y_true and y_pred must be equally long, non-empty 1-D label lists, got shapes "
+                         f"{y_true.shape} and {y_pred.shape}")
+    labels = list(labels) if labels is not None else sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    out = {average: float(skm.f1_score(y_true, y_pred, labels=labels, average=average, zero_division=0))
+           for average in ("micro", "macro", "weighted")}
+    if pos_label is not None:
+        if not (y_true == pos_label).any():
+            raise ValueError(f"binary F1: no true example has pos_label={pos_label!r}, so recall is undefined "
+                             f"(true labels: {sorted(set(y_true.tolist()))[:10]})")
+        out["binary"] = float(skm.f1_score(y_true == pos_label, y_pred == pos_label, zero_division=0))
+    p, r, f, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    out["per_class"] = pd.DataFrame({"precision": p, "recall": r, "f1": f, "support": support},
+                                    index=pd.Index(labels, name="label"))
+    return out
+
+
+def _pairs(hypotheses, references) -> tuple[list[str], list[list[str]]]:
+    """Hypotheses and, for each, its list of references (one string is a list of one)."""
     if isinstance(hypotheses, str) or isinstance(references, str):
         raise TypeError("pass lists of strings (one hypothesis and one reference per example), not one string")
     hypotheses, references = list(hypotheses), list(references)
     if len(hypotheses) != len(references) or not hypotheses:
         raise ValueError(f"need as many references as hypotheses (and at least one), got {len(hypotheses)} "
                          f"hypotheses and {len(references)} references")
-    return hypotheses, references
+    refs = [[r] if isinstance(r, str) else list(r) for r in references]
+    bad = [i for i, (h, r) in enumerate(zip(hypotheses, refs, strict=True))
+           if not isinstance(h, str) or not r or not all(isinstance(x, str) for x in r)]
+    if bad:
+        raise TypeError(f"example {bad[0]}: a hypothesis is a string and its references a string or a non-empty "
+                        f"list of strings, got {hypotheses[bad[0]]!r} and {references[bad[0]]!r}")
+    return hypotheses, refs
 
 
-def bleu(hypotheses: Sequence[str], references: Sequence[str], *, tokenize: str = "13a") -> float:
+def _streams(refs: list[list[str]]) -> list[list[str | None]]:
+    """Per-example reference lists as sacrebleu's reference streams; None where an example has fewer."""
+    return [[r[j] if j < len(r) else None for r in refs] for j in range(max(map(len, refs)))]
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence, *, tokenize: str = "13a") -> float:
     """Corpus BLEU (0-100, sacrebleu; Papineni et al. 2002): clipped 1-4-gram precisions x brevity penalty.
 
-    `tokenize` is sacrebleu's ("13a", the WMT default; "none" splits on spaces only). Shown in notebooks/13 §1.
+    `references[i]` is one string or a list of strings (any number per example): n-grams are clipped by
+    the most any reference holds, the brevity penalty uses the closest reference length. `tokenize` is
+    sacrebleu's ("13a", the WMT default; "zh" splits Chinese characters; "char"; "none"). Shown in notebooks/13 §1.
     """
     import sacrebleu  # optional: the `evaluate` extra
 
-    hypotheses, references = _pairs(hypotheses, references)
-    return float(sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score)
+    hypotheses, refs = _pairs(hypotheses, references)
+    return float(sacrebleu.corpus_bleu(hypotheses, _streams(refs), tokenize=tokenize).score)
 
 
-def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus chrF (0-100, sacrebleu; Popović 2015): character 6-gram F-score, kinder to near-miss identifiers."""
+def chrf(hypotheses: Sequence[str], references: Sequence, *, word_order: int = 0) -> float:
+    """Corpus chrF (0-100, sacrebleu; Popović 2015): character 6-gram F-score, kinder to near-miss identifiers.
+
+    `word_order=2` is chrF++ (word 1- and 2-grams as well, Popović 2017). References as in `bleu`.
+    Shown in notebooks/13 §1.
+    """
     import sacrebleu  # optional: the `evaluate` extra
 
-    hypotheses, references = _pairs(hypotheses, references)
-    return float(sacrebleu.corpus_chrf(hypotheses, [references]).score)
+    hypotheses, refs = _pairs(hypotheses, references)
+    return float(sacrebleu.corpus_chrf(hypotheses, _streams(refs), word_order=word_order).score)
 
 
-def rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure (0-1, rouge-score; Lin 2004): longest common subsequence of words.
+def exact_match(hypotheses: Sequence[str], references: Sequence, *, strip: bool = True) -> float:
+    """Share (0-1) of hypotheses equal to one of their references, after stripping outer whitespace (`strip`)."""
+    hypotheses, refs = _pairs(hypotheses, references)
+    clean = str.strip if strip else str
+    return float(np.mean([clean(h) in {clean(r) for r in rs} for h, rs in zip(hypotheses, refs, strict=True)]))
 
-    rouge-score's tokenizer lowercases and keeps only letters and digits, so for code it compares identifier
-    and keyword sequences, not punctuation. Shown in notebooks/13 §1.
+
+# One token per Han, kana or Hangul character: those scripts do not put spaces between words, so a per-character
+# ROUGE is the common choice (as sacrebleu's "zh" BLEU); other letters and digits form words, as rouge-score's.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\u1100-\u11ff\u3130-\u318f"
+_TOKEN = re.compile(f"[{_CJK}]|[^\\W_{_CJK}]+")
+
+
+class _Tokenizer:
+    """rouge-score's tokenizer (lowercase words of letters and digits, Porter stems of words over 3 letters) for
+    any script: non-ASCII letters are kept, not dropped, and CJK characters are tokens of their own."""
+
+    def __init__(self, stemmer: bool):
+        from nltk.stem import porter  # rouge-score's own dependency, and its stemmer
+
+        self._stem = porter.PorterStemmer().stem if stemmer else None
+
+    def tokenize(self, text: str) -> list[str]:
+        tokens = _TOKEN.findall(text.lower())
+        if self._stem is None:
+            return tokens
+        return [self._stem(t) if len(t) > 3 and t.isascii() else t for t in tokens]
+
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def rouge(hypotheses: Sequence[str], references: Sequence, *, stemmer: bool = False) -> dict[str, float]:
+    """Mean ROUGE-1, -2, -L and -Lsum F-measures (0-1, rouge-score; Lin 2004) over the examples.
+
+    Words are lowercase runs of letters and digits (rouge-score's rule, which on ASCII text this equals; it
+    drops every other character, so it scores Chinese as 0); Chinese, Japanese and Korean count one token per
+    character. `stemmer` applies rouge-score's Porter stemmer to English words. rougeLsum splits sentences at
+    newlines. With several references an example takes its best. A reference with no token raises, so no
+    score is silently 0; an empty hypothesis scores 0. Shown in notebooks/13 §1.
     """
     from rouge_score import rouge_scorer  # optional: the `evaluate` extra
 
-    hypotheses, references = _pairs(hypotheses, references)
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    return float(np.mean([scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references, strict=True)]))
+    hypotheses, refs = _pairs(hypotheses, references)
+    tokenizer = _Tokenizer(stemmer)
+    empty = [i for i, rs in enumerate(refs) if any(not tokenizer.tokenize(r) for r in rs)]
+    if empty:
+        raise ValueError(f"example {empty[0]}: a reference has no word or character to score "
+                         f"({refs[empty[0]]!r}); ROUGE would be 0 whatever the hypothesis")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=tokenizer)
+    scores = [scorer.score_multi(rs, h) for h, rs in zip(hypotheses, refs, strict=True)]
+    return {t: float(np.mean([s[t].fmeasure for s in scores])) for t in ROUGE_TYPES}
 
 
-def text_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+def rouge_l(hypotheses: Sequence[str], references: Sequence, *, stemmer: bool = False) -> float:
+    """Mean ROUGE-L F-measure (longest common subsequence of tokens) of `rouge`. Shown in notebooks/13 §1."""
+    return rouge(hypotheses, references, stemmer=stemmer)["rougeL"]
+
+
+def text_scores(hypotheses: Sequence[str], references: Sequence) -> dict[str, float]:
     """`{"bleu", "chrf", "rouge_l"}` of generated texts against their references. Shown in notebooks/13 §1."""
     return {"bleu": bleu(hypotheses, references), "chrf": chrf(hypotheses, references),
             "rouge_l": rouge_l(hypotheses, references)}
