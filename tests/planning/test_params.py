@@ -311,3 +311,24 @@ def test_every_moe_family_of_transformers(model_type):
     assert parts["routed_experts"] >= named  # nothing named like an expert is counted in full
     if n is not None and k is not None and parts["routed_experts"]:
         assert (parts["total"] - parts["active"]) * n == parts["routed_experts"] * (n - k)
+
+
+def test_llama1_config_has_the_published_shape():
+    config = planning.llama1_config("13B")
+    assert (config.vocab_size, config.max_position_embeddings, config.rms_norm_eps) == (32000, 2048, 1e-6)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
+            config.intermediate_size) == (5120, 40, 40, 13824)
+
+
+def test_lora_params_default_rank_and_the_smallest_rank():
+    d, kv, ffn = 16, 8, 24  # llama(): 4 heads of 4 dims, 2 KV heads; q, k, v, o and gate, up, down per layer
+    per_rank = 2 * ((d + d) + 2 * (d + kv) + (d + d) + 2 * (d + ffn) + (ffn + d))
+    assert per_rank == 928 // 2 and planning.lora_params(llama(), 1) == per_rank
+    assert planning.lora_params(llama()) == 16 * per_rank  # the default rank is 16
+
+
+def test_every_expert_active_when_top_k_is_all_of_them():
+    config = mla()
+    config.num_experts_per_tok = config.n_routed_experts  # k = n: the boundary is allowed
+    counts = planning.count_params(config)
+    assert counts["active"] == counts["total"]
