@@ -73,9 +73,15 @@ def trained(ds: datasets.Dataset, vocab_size: int, cache: str | Path | None = No
     if (folder / "tokenizer.json").exists():
         return load(folder)
     tok = train(ds["text"], vocab_size)
-    tmp = folder.with_name(folder.name + ".tmp")
+    # one temporary folder per process: ranks of a node (or nodes sharing a filesystem) that train at once must
+    # not write into each other's files; the first to finish publishes, the others keep that one
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     tok.save_pretrained(str(tmp))
-    tmp.replace(folder)  # atomic: a half-written tokenizer is never picked up
+    try:
+        tmp.replace(folder)  # atomic: a half-written tokenizer is never picked up
+    except OSError:  # another process published first (a non-empty folder cannot be replaced): keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        return load(folder)
     return tok
 
 

@@ -37,10 +37,12 @@ NCCL_VARIABLES = {
 
 def launch_commands(*, gpus_per_node: int = 8, nodes: int = 1, engine: str = "fsdp2", zero_stage: int = 2,
                     master_addr: str = "10.0.0.1", port: int = 29500, args: str = "") -> dict[str, str]:
-    """{launcher: command line} for `nodes` x `gpus_per_node` GPUs: torchrun, accelerate launch, deepspeed.
+    """{launcher: command line} for `nodes` x `gpus_per_node` GPUs: torchrun, accelerate launch, deepspeed, and
+    SLURM's sbatch (the template configs/slurm/train_lm.sbatch: torchrun under srun).
 
-    On several nodes every node runs the same command; `$NODE_RANK` (0 .. nodes-1) is the node's own rank
-    and `master_addr` the first node's address. Shown in notebooks/11 §5.
+    On several nodes every node runs the same command; `$NODE_RANK` (0 .. nodes-1) is the node's own rank,
+    `master_addr` the first node's address and `$JOB_ID` any id unique to this job (the same on every node: two
+    jobs with one id and endpoint would join one rendezvous). Shown in notebooks/11 §5.
     """
     positive_int("gpus_per_node", gpus_per_node), positive_int("nodes", nodes)
     extra = f" {args}" if args else ""
@@ -53,7 +55,7 @@ def launch_commands(*, gpus_per_node: int = 8, nodes: int = 1, engine: str = "fs
     else:
         total = nodes * gpus_per_node
         torchrun = (f"torchrun --nnodes={nodes} --nproc_per_node={gpus_per_node} --node_rank=$NODE_RANK "
-                    f"--rdzv_backend=c10d --rdzv_endpoint={master_addr}:{port} --rdzv_id=cookbook "
+                    f"--rdzv_backend=c10d --rdzv_endpoint={master_addr}:{port} --rdzv_id=$JOB_ID "
                     f"{SCRIPT} --engine {engine}{extra}")
         accelerate = (f"accelerate launch --config_file configs/accelerate/4nodes_8gpu.yaml --num_machines {nodes} "
                       f"--num_processes {total} --machine_rank $NODE_RANK --main_process_ip {master_addr} "
@@ -62,7 +64,9 @@ def launch_commands(*, gpus_per_node: int = 8, nodes: int = 1, engine: str = "fs
         deepspeed = (f"deepspeed --hostfile hostfile --num_nodes {nodes} --num_gpus {gpus_per_node} "
                      f"--master_addr {master_addr} --master_port {port} --module cookbook.scale.train_lm "
                      f"--engine deepspeed --zero-stage {zero_stage}{extra}")
-    return {"torchrun": torchrun, "accelerate": accelerate, "deepspeed": deepspeed}
+    slurm = (f"sbatch --nodes {nodes} --gpus-per-node {gpus_per_node} configs/slurm/train_lm.sbatch "
+             f"--engine {engine}{extra}")
+    return {"torchrun": torchrun, "accelerate": accelerate, "deepspeed": deepspeed, "slurm": slurm}
 
 
 def run_local(args, out, *, nproc: int = 1, timeout: float = 600) -> list[dict]:

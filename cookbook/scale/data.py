@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cookbook.checks import positive_int
-from cookbook.train.batches import pad_batch
+from cookbook.train.batches import as_batch, pad_batch
 
-__all__ = ["StepBatches", "grad_accum", "ragged_counting"]
+__all__ = ["StepBatches", "grad_accum", "ragged_counting", "validation_batches"]
 
 
 def grad_accum(global_batch: int, micro_batch: int, world_size: int) -> int:
@@ -92,3 +92,30 @@ class StepBatches:
             self._epoch = epoch
         self._next_step = in_epoch + 1
         return [next(self._iter) for _ in range(self.grad_accum)]
+
+
+def validation_batches(dataset, *, micro_batch: int, rank: int = 0, world_size: int = 1) -> list[dict[str, torch.Tensor]]:
+    """This rank's validation micro-batches: every example exactly once over all ranks, on any world size.
+
+    Rank r takes the contiguous slice [r*n//N, (r+1)*n//N): slices differ by at most one example and nothing is
+    repeated (a `DistributedSampler` pads an uneven split by repeating examples, so the loss would depend on N).
+    Every rank gets the same number of batches: a rank with fewer examples gets filler batches whose labels are
+    all -100 (zero targets, zero loss), because FSDP2 and ZeRO-3 gather weights in every forward and all ranks
+    must run as many. Sum the losses and target counts over ranks and divide once: uneven slices are then
+    weighted by their token counts. Shown in notebooks/11 §3.
+    """
+    positive_int("micro_batch", micro_batch), positive_int("world_size", world_size)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the validation set is empty")
+    mine = range(rank * n // world_size, (rank + 1) * n // world_size)
+    largest = -(-n // world_size)  # ceil(n / N): the largest slice
+    most = -(-largest // micro_batch)
+    collate = torch.utils.data.default_collate
+    batches = [as_batch(collate([dataset[i] for i in mine[k:k + micro_batch]])) for k in range(0, len(mine), micro_batch)]
+    while len(batches) < most:  # filler: a real example's shape, no targets
+        filler = as_batch(collate([dataset[0]]))
+        batches.append({**filler, "labels": torch.full_like(filler["labels"], -100)})
+    return batches

@@ -5,6 +5,8 @@
     accelerate launch --config_file configs/accelerate/cpu_2proc.yaml -m cookbook.scale.train_lm \
         --engine accelerate --data counting
     deepspeed --num_gpus 8 --module cookbook.scale.train_lm --engine deepspeed --zero-stage 2
+    srun --ntasks-per-node=8 python -m cookbook.scale.train_lm --engine fsdp2     # SLURM, one task per GPU
+    sbatch --nodes 2 configs/slurm/train_lm.sbatch --engine fsdp2                  # SLURM, torchrun under srun
 
 Every rank runs this file. The step (`_step`) is the cookbook's: token-normalised accumulation
 (`cookbook.train.backward_micro_batches`), AdamW with decay on matrices, warm-up + cosine, clipping, and
@@ -14,7 +16,9 @@ DeepSeek-V3's bias balancing of the experts. What distribution adds, each in a f
   micro-batches give exactly the gradient of one big batch;
 - gradients are synced only on the last micro-step (`engines.gradient_sync`);
 - the MoE expert load is summed over ranks before the routing biases move, so they stay identical;
-- rank 0 alone prints and writes files; checkpoints are DCP folders that load on any world size;
+- rank 0 alone prints and writes files; checkpoints are DCP folders that load on any world size, and record
+  the run's settings, so a resume with another batch, schedule, model or data is refused (or `--override`n);
+- validation sees every example exactly once on any world size (`data.validation_batches`);
 - a process-group timeout turns a dead rank into a clear error, and the group is destroyed on every exit.
 
 `--data corpus` (the default) trains the profile's model on the profile's blocks with the profile's
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import functools
 import json
@@ -85,6 +90,11 @@ def parse_args(argv=None, profile=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="history.json and checkpoints go here (rank 0 writes)")
     parser.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (0: only at the end)")
     parser.add_argument("--resume", type=Path, default=None, help="a checkpoint folder written by this script")
+    parser.add_argument("--override", action="append", default=[], choices=checkpoint.OVERRIDABLE,
+                        help="on --resume, accept this changed setting (logged); repeat for several")
+    # the deepspeed launcher appends --local_rank=N to the script's arguments (deepspeed/launcher/launch.py,
+    # unless --no_local_rank); the rank is read from LOCAL_RANK, which it sets too
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
     args = parser.parse_args(argv)
     args.sizes = P
@@ -100,8 +110,11 @@ def _datasets(args, world):
     if args.data == "counting":
         return (data.ragged_counting(D.sequences, D.seq_len, D.vocab, seed=args.seed),
                 data.ragged_counting(max(1, D.sequences // 4), D.seq_len, D.vocab, seed=args.seed + 1), D.vocab)
-    for turn in (True, False):  # rank 0 tokenizes and caches; the others then read its cache
-        if world.main == turn:
+    # the first rank of each node trains the tokenizer and tokenizes into the cache, then the others read it (a
+    # cache on a filesystem that nodes share is built by several first ranks at once: each writes its own
+    # temporary folder and publishes it atomically, see tokenizer.trained / blocks_for_profile)
+    for turn in (True, False):
+        if (world.local_rank == 0) == turn:
             tok = tokenizer.for_profile(args.sizes)
             blocks = tokenizer.blocks_for_profile(args.sizes, tok)
         world.barrier()
@@ -109,11 +122,11 @@ def _datasets(args, world):
     return blocks["train"].with_format(**fmt), blocks["validation"].with_format(**fmt), len(tok)
 
 
-def _engine(args, world) -> str:
+def _engine(args, world_size: int) -> str:
     if args.engine == "auto":
-        return "ddp" if world.world_size > 1 else "none"
-    if args.engine == "none" and world.world_size > 1:
-        raise ValueError(f"--engine none on {world.world_size} ranks would train {world.world_size} separate models; "
+        return "ddp" if world_size > 1 else "none"
+    if args.engine == "none" and world_size > 1:
+        raise ValueError(f"--engine none on {world_size} ranks would train {world_size} separate models; "
                          f"valid engines for several ranks: {', '.join(e for e in engines.ENGINES if e != 'none')}")
     return args.engine
 
@@ -168,13 +181,34 @@ def _step(model, micro_batches, optimizer, scheduler, balancer, world, args) -> 
     return loss, grad_norm
 
 
+def _settings(args, engine: str) -> dict:
+    """What a checkpoint records of its run, and a resume must match (see `checkpoint.check_resume`)."""
+    sizes = args.sizes.dist if args.data == "counting" else args.sizes.data
+    data_sizes = (dict(sequences=sizes.sequences, seq_len=sizes.seq_len, vocab=sizes.vocab) if args.data == "counting"
+                  else dataclasses.asdict(sizes))
+    settings = dict(model=args.model, data=args.data, data_sizes=data_sizes, seed=args.seed,
+                    global_batch=args.global_batch, lr=args.lr, warmup_fraction=args.warmup_fraction, steps=args.steps)
+    if engine == "deepspeed":
+        settings["zero_stage"] = args.zero_stage  # its optimizer files are partitioned per stage
+    return settings
+
+
+def _restart_schedule(scheduler, base_lrs: list[float]) -> None:
+    """After a resume: this run's peak lrs and schedule at the restored step (a checkpoint restores its own
+    base lrs with the scheduler and optimizer; with no --override they are the same numbers)."""
+    scheduler.base_lrs = list(base_lrs)
+    for group, base, fn in zip(scheduler.optimizer.param_groups, base_lrs, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"], group["lr"] = base, base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
 @torch.no_grad()
 def _evaluate(model, batches, world, precision: str) -> float:
-    """Mean next-token loss over every rank's validation micro-batches."""
+    """Mean next-token loss over every rank's validation micro-batches: summed losses / summed targets."""
     total, count = torch.zeros((), dtype=torch.float64), 0
     model.eval()
     for batch in batches:
-        batch = {k: v.to(world.device) for k, v in as_batch(batch).items()}
+        batch = {k: v.to(world.device) for k, v in batch.items()}
         with amp.autocast(precision, world.device):
             total += token_loss(model, batch).double().cpu()
         count += target_count(batch)
@@ -183,18 +217,21 @@ def _evaluate(model, batches, world, precision: str) -> float:
     return total / count
 
 
-def train(args, world, accelerator=None) -> list[dict]:
-    """The run on this rank; returns the history (one row per logged step) on every rank."""
-    engine = args.engine = _engine(args, world)
+def train(args, world, accelerator=None, resumed: dict | None = None) -> list[dict]:
+    """The run on this rank; returns the history (one row per logged step) on every rank. `resumed`: the
+    checkpoint's train_state, already checked against this run (`checkpoint.check_resume`)."""
+    engine = args.engine = _engine(args, world.world_size)
+    if args.resume is not None and resumed is None:
+        resumed = checkpoint.read_state(args.resume)
     train_set, val_set, vocab = _datasets(args, world)
     args.micro_batch = args.micro_batch or max(1, args.global_batch // world.world_size)
     batches = data.StepBatches(train_set, global_batch=args.global_batch, micro_batch=args.micro_batch,
                                rank=world.rank, world_size=world.world_size, seed=args.seed)
-    # validation: the first eval_batches x global_batch sequences, split over the ranks (the same set on any world)
+    # validation: the first eval_batches x global_batch sequences, each seen once by one rank (the same set and
+    # the same loss on any world size)
     val_set = torch.utils.data.Subset(val_set, range(min(len(val_set), args.eval_batches * args.global_batch)))
-    val_batches = list(torch.utils.data.DataLoader(
-        val_set, batch_size=args.micro_batch,
-        sampler=torch.utils.data.DistributedSampler(val_set, world.world_size, world.rank, shuffle=False)))
+    val_batches = data.validation_batches(val_set, micro_batch=args.micro_batch, rank=world.rank,
+                                          world_size=world.world_size)
 
     model = models.build(args.model, vocab, seed=args.seed)  # the same initial weights on every rank
     balancer = models.LoadBalancer(model, args.moe_gamma) if models.routers(model) and args.moe_gamma > 0 else None
@@ -216,22 +253,26 @@ def train(args, world, accelerator=None) -> list[dict]:
     raw_optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate wraps the torch optimizer
     start, history = 0, []
     if args.resume is not None:
+        base_lrs = list(scheduler.base_lrs)  # this run's; loading brings the checkpoint's
         if engine == "deepspeed":
-            _, state = model.load_checkpoint(str(args.resume.parent), tag=args.resume.name)
+            model.load_checkpoint(str(args.resume.parent), tag=args.resume.name)
         else:
-            state = checkpoint.load(args.resume, model, raw_optimizer)
-            scheduler.load_state_dict(state["scheduler"])
-        start, history = state["step"], state["history"]
-        world.print(f"resumed from {args.resume.name} at step {start} (saved by {state['world_size']} rank(s))")
+            checkpoint.load(args.resume, model, raw_optimizer)
+            scheduler.load_state_dict(resumed["scheduler"])
+        _restart_schedule(scheduler, base_lrs)
+        start, history = resumed["step"], resumed["history"]
+        world.print(f"resumed from {args.resume.name} at step {start} (saved by {resumed['world_size']} rank(s))")
     world.print(f"engine {engine} · {world.world_size} rank(s) on {world.device} ({world.backend}) · global batch "
                 f"{args.global_batch} = {world.world_size} rank(s) x {batches.grad_accum} micro-step(s) x "
                 f"{args.micro_batch} sequences · {args.steps} steps")
 
     def save(step: int) -> None:
         state = dict(step=step, world_size=world.world_size, engine=engine, scheduler=scheduler.state_dict(),
-                     history=history)
-        if engine == "deepspeed":  # the scheduler is inside the engine's checkpoint
-            model.save_checkpoint(str(args.out), tag=f"checkpoint-{step:06d}", client_state=state)
+                     history=history, settings=_settings(args, engine),
+                     overrides=[*(resumed or {}).get("overrides", []), *getattr(args, "overridden", [])])
+        if engine == "deepspeed":  # the scheduler is inside the engine's checkpoint; the state beside it
+            model.save_checkpoint(str(args.out), tag=f"checkpoint-{step:06d}")
+            checkpoint.write_state(args.out / f"checkpoint-{step:06d}", world, state)
         else:
             checkpoint.save(args.out / f"checkpoint-{step:06d}", model, raw_optimizer, world, state)
 
@@ -264,6 +305,25 @@ def train(args, world, accelerator=None) -> list[dict]:
 def main(argv=None) -> int:
     """Entry point of `python -m cookbook.scale.train_lm`; returns the exit status."""
     args = parse_args(argv)
+    launch.from_slurm()  # srun's tasks become ranks of one world (not N separate runs)
+    if args.local_rank is not None and args.local_rank != int(os.environ.get("LOCAL_RANK", args.local_rank)):
+        raise SystemExit(f"--local_rank={args.local_rank} but LOCAL_RANK={os.environ['LOCAL_RANK']}: two launchers?")
+    if args.engine == "deepspeed" and not launch.launched():
+        raise SystemExit("--engine deepspeed needs a launcher to start its ranks: deepspeed --num_gpus N --module "
+                         "cookbook.scale.train_lm --engine deepspeed ..., or torchrun --nproc_per_node=N -m "
+                         "cookbook.scale.train_lm --engine deepspeed ... (use --engine none for one process)")
+    resumed = None
+    if args.resume is not None:  # checked before anything is built: a wrong folder or setting fails in a second
+        world_size = int(os.environ.get("WORLD_SIZE", 1))
+        resumed = checkpoint.read_state(args.resume)
+        engine = _engine(args, world_size)
+        args.overridden = checkpoint.check_resume(resumed, _settings(args, engine), engine=engine,
+                                                  world_size=world_size, overrides=args.override)
+        for line in args.overridden:  # logged: printed by rank 0 and kept in the next checkpoints' state
+            if int(os.environ.get("RANK", 0)) == 0:
+                print(line, flush=True)
+    elif args.override:
+        raise SystemExit("--override applies to --resume only")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     accelerator = None
@@ -282,7 +342,7 @@ def main(argv=None) -> int:
         deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl",
                                    timeout=datetime.timedelta(seconds=args.timeout), verbose=False)
     with launch.session(timeout_s=args.timeout, device=args.device, init=args.engine not in ("accelerate", "deepspeed")) as world:
-        train(args, world, accelerator)
+        train(args, world, accelerator, resumed)
     return 0
 
 

@@ -62,3 +62,19 @@ def test_bad_sizes_are_named():
         data.StepBatches(dataset, global_batch=16, micro_batch=8, world_size=2)
     with pytest.raises(ValueError, match="rank must be in 0..1, got 2"):
         data.StepBatches(dataset, global_batch=4, micro_batch=2, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("n, micro_batch", [(64, 2), (7, 2), (2, 4)])
+def test_validation_batches_see_every_example_once_on_any_world(n, micro_batch):
+    dataset = data.ragged_counting(n, 12, 50, seed=5)
+    single = data.validation_batches(dataset, micro_batch=micro_batch)
+    targets = [row.tolist() for b in single for row in b["labels"]]
+    assert len(targets) == n  # one process: every example once, nothing added
+    for world_size in (2, 3):
+        shards = [data.validation_batches(dataset, micro_batch=micro_batch, rank=r, world_size=world_size)
+                  for r in range(world_size)]
+        assert len({len(shard) for shard in shards}) == 1  # as many forwards on every rank (FSDP2, ZeRO-3)
+        real = [row.tolist() for shard in shards for b in shard for row in b["labels"] if (row != -100).any()]
+        assert sorted(real) == sorted(targets)  # no example repeated or lost (DistributedSampler pads by repeating)
+    with pytest.raises(ValueError, match="rank must be in 0..2, got 3"):
+        data.validation_batches(dataset, micro_batch=2, rank=3, world_size=3)

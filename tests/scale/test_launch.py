@@ -39,16 +39,58 @@ def test_bad_launch_settings_are_named(monkeypatch):
     assert not dist.is_initialized()
 
 
-def test_lost_peer_message_explains_communication_failures_only():
+def _raised(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - the exception, with its traceback, is what the test inspects
+        return exc
+    raise AssertionError("no exception")
+
+
+def test_lost_peer_is_judged_by_type_and_where_it_was_raised_not_by_words(monkeypatch):
     world = World(1, 2, 1, torch.device("cpu"), "gloo", 30)
-    gloo = RuntimeError("[pair.cc:537] Read error [127.0.0.1]:5017: Connection reset by peer. This is typically ...")
-    message = lost_peer_message(gloo, world)
+    monkeypatch.delenv("RANK", raising=False)
+    with launch.session(timeout_s=5, device="cpu"):
+        # a C++ error from inside a gloo collective arrives as a plain RuntimeError raised in torch.distributed's
+        # frame: the shape of a gloo "Connection closed by peer" (the real one: the killed-rank test)
+        in_collective = _raised(lambda: dist.all_gather([torch.ones(3)], torch.ones(2)))
+    message = lost_peer_message(in_collective, world)
     assert message.startswith("rank 1 of 2: a collective failed, so another rank died or stopped responding "
                               "(process-group timeout 30 s)")
-    assert message.endswith("Cause: RuntimeError: [pair.cc:537] Read error [127.0.0.1]:5017: Connection reset by "
-                            "peer. This is typically ...")
-    assert lost_peer_message(ValueError("bad shape"), world) is None
-    assert lost_peer_message(gloo, World(0, 1, 0, torch.device("cpu"), "gloo", 30)) is None  # no peers to lose
+    assert message.endswith("Cause: RuntimeError: ProcessGroupGloo::allgather: invalid tensor size at index 0 "
+                            "(expected (2), got (3))")
+    assert lost_peer_message(dist.DistNetworkError("store gone"), world).endswith("DistNetworkError: store gone")
+
+    def words_only():
+        raise RuntimeError("Connection reset by peer: socket timeout")  # raised here, not in a collective
+    assert lost_peer_message(_raised(words_only), world) is None
+    assert lost_peer_message(_raised(lambda: int("timeout")), world) is None  # ValueError: any text, not a peer
+    assert lost_peer_message(in_collective, World(0, 1, 0, torch.device("cpu"), "gloo", 30)) is None  # no peers
+
+
+def test_an_unrelated_error_with_peer_words_keeps_its_traceback(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(RuntimeError, match="socket timeout") as caught, launch.session(timeout_s=5, device="cpu"):
+        raise RuntimeError("socket timeout in my data loader")
+    assert caught.traceback[-1].name == "test_an_unrelated_error_with_peer_words_keeps_its_traceback"
+
+
+def test_srun_tasks_become_ranks_of_one_world():
+    task = dict(SLURM_PROCID="3", SLURM_NTASKS="4", SLURM_LOCALID="1", SLURM_NNODES="1", SLURM_JOB_ID="123456")
+    assert launch.from_slurm(task) and task["RANK"] == "3" and task["WORLD_SIZE"] == "4" and task["LOCAL_RANK"] == "1"
+    assert (task["MASTER_ADDR"], task["MASTER_PORT"]) == ("127.0.0.1", str(20000 + 123456 % 20000))
+    other = {k: v for k, v in task.items() if k.startswith("SLURM")} | {"SLURM_JOB_ID": "123457"}
+    assert launch.from_slurm(other) and other["MASTER_PORT"] != task["MASTER_PORT"]  # another job, another port
+    # torchrun under srun (the sbatch template): the launcher's variables win
+    under_torchrun = dict(task, RANK="5", WORLD_SIZE="16", LOCAL_RANK="5", MASTER_ADDR="n1", MASTER_PORT="29500")
+    assert not launch.from_slurm(under_torchrun) and under_torchrun["RANK"] == "5"
+    single = dict(SLURM_PROCID="0", SLURM_NTASKS="1", SLURM_LOCALID="0")
+    assert not launch.from_slurm(single) and "RANK" not in single  # one task: a plain world of one
+    two_nodes = dict(SLURM_PROCID="0", SLURM_NTASKS="16", SLURM_LOCALID="0", SLURM_NNODES="2")
+    with pytest.raises(ValueError, match=r"srun started 16 tasks on 2 nodes but MASTER_ADDR is not set: run "
+                                         r"`export MASTER_ADDR=\$\(scontrol show hostnames"):
+        launch.from_slurm(two_nodes)
+    assert launch.from_slurm(dict(two_nodes, MASTER_ADDR="node7"))
 
 
 def test_decoder_layers_and_bad_engines():

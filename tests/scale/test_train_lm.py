@@ -1,13 +1,14 @@
 """`python -m cookbook.scale.train_lm` on 2 CPU ranks (gloo): DDP and FSDP2 follow the single-process run step for
 step, an FSDP2 checkpoint resumes on 1 process and on 2 ranks, and a dead rank ends the job fast and clearly."""
 
+import re
 import signal
 import time
 
 import pytest
 
 from cookbook import profiles, scale
-from cookbook.scale import train_lm
+from cookbook.scale import checkpoint, train_lm
 from tests.scale import ranks
 
 D = profiles.profile("smoke").dist
@@ -62,9 +63,61 @@ def test_fsdp2_checkpoint_resumes_on_two_ranks(runs):
     assert _losses(out)[SAVE:] == pytest.approx(_losses(runs / "single")[SAVE:], rel=1e-5)
 
 
-def test_resume_needs_a_complete_checkpoint(tmp_path):
+def test_resume_needs_a_complete_checkpoint_and_checks_it_before_building(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_lm.models, "build", lambda *a, **k: pytest.fail("built a model before checking --resume"))
     with pytest.raises(FileNotFoundError, match="no train_state.json"):
         train_lm.main([*ARGS, "--steps", "2", "--resume", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="--resume .*nowhere: no such folder"):
+        train_lm.main([*ARGS, "--steps", "2", "--resume", str(tmp_path / "nowhere")])
+
+
+@pytest.mark.parametrize("change, refused", [
+    (["--global-batch", "4"], "global_batch: checkpoint 8, this run 4 (pass --override global_batch"),
+    (["--lr", "0.01"], "lr: checkpoint 0.003, this run 0.01 (pass --override lr"),
+    (["--steps", "9"], "steps: checkpoint 6, this run 9 (pass --override steps"),
+    (["--model", "smoke"], "model: checkpoint 'tiny', this run 'smoke' (it cannot be overridden)"),
+    (["--seed", "1"], "seed: checkpoint 0, this run 1 (it cannot be overridden)"),
+])
+def test_resume_with_changed_settings_is_refused_naming_the_setting(runs, monkeypatch, change, refused):
+    monkeypatch.setattr(train_lm.models, "build", lambda *a, **k: pytest.fail("built a model before checking --resume"))
+    folder = runs / "fsdp2" / f"checkpoint-{SAVE:06d}"
+    with pytest.raises(ValueError, match=re.escape(f"resume refused, setting changed: {refused}")):
+        train_lm.main([*ARGS, "--steps", str(STEPS), "--resume", str(folder), *change])
+
+
+def test_an_override_is_logged_and_the_new_schedule_applies(runs, tmp_path, capsys):
+    folder = runs / "fsdp2" / f"checkpoint-{SAVE:06d}"
+    assert train_lm.main([*ARGS, "--steps", str(STEPS), "--resume", str(folder), "--lr", "0.006", "--override", "lr",
+                          "--out", str(tmp_path)]) == 0
+    assert "override lr: checkpoint 0.003, this run 0.006" in capsys.readouterr().out
+    old, new = _losses(runs / "single", "lr"), _losses(tmp_path, "lr")
+    assert new[:SAVE] == old[:SAVE] and new[SAVE:] == pytest.approx([2 * lr for lr in old[SAVE:]], rel=1e-12)
+    state = checkpoint.read_state(tmp_path / f"checkpoint-{STEPS:06d}")
+    assert state["overrides"] == ["override lr: checkpoint 0.003, this run 0.006"] and state["settings"]["lr"] == 0.006
+    with pytest.raises(SystemExit, match="--override applies to --resume only"):
+        train_lm.main([*ARGS, "--override", "lr"])
+
+
+def test_deepspeed_without_a_launcher_names_the_command(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit, match="--engine deepspeed needs a launcher to start its ranks: deepspeed --num_gpus N"):
+        train_lm.main([*ARGS, "--engine", "deepspeed"])
+    assert train_lm.parse_args([*ARGS, "--local_rank=1"]).local_rank == 1  # what the deepspeed launcher appends
+
+
+def test_check_resume_engines_and_world_sizes():
+    dcp = dict(engine="fsdp2", world_size=2, settings=dict(lr=1.0))
+    assert checkpoint.check_resume(dcp, dict(lr=1.0), engine="ddp", world_size=3) == []  # DCP: any engine, any N
+    with pytest.raises(ValueError, match="written by engine fsdp2; engine deepspeed cannot read it"):
+        checkpoint.check_resume(dcp, dict(lr=1.0), engine="deepspeed", world_size=2)
+    zero = dict(engine="deepspeed", world_size=2, settings=dict(zero_stage=2))
+    with pytest.raises(ValueError, match="world size: this DeepSpeed checkpoint was written by 2 rank"):
+        checkpoint.check_resume(zero, dict(zero_stage=2), engine="deepspeed", world_size=4)
+    with pytest.raises(ValueError, match="zero_stage: checkpoint 2, this run 3 \\(it cannot be overridden\\)"):
+        checkpoint.check_resume(zero, dict(zero_stage=3), engine="deepspeed", world_size=2)
+    with pytest.raises(ValueError, match="--override model: only global_batch, lr, warmup_fraction, steps"):
+        checkpoint.check_resume(dcp, dict(lr=1.0), engine="ddp", world_size=1, overrides=["model"])
 
 
 def _dead_rank(tmp_path, sig, timeout_s):
