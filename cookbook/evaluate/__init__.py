@@ -1,6 +1,6 @@
 """Evaluation, hyperparameter search and the data-centric loop.
 
-metrics (perplexity over a dataset, classification report, BLEU / chrF / ROUGE-L) · execution (hidden-test
+metrics (perplexity over a dataset, classification report and F1, BLEU / chrF / ROUGE / exact match) · execution (hidden-test
 runs under bubblewrap of generated code, unbiased pass@k) · codegen (a small task set, held-out functions, sampled
 completions) · classifier (a small MLP and its training loop) · tuning (one search API over Optuna TPE, Ax's
 BoTorch GP and random search; median and early-stopping pruners; history and importance plots) · tracking (an
@@ -33,12 +33,17 @@ from cookbook.evaluate.execution import (
     run_candidate,
 )
 from cookbook.evaluate.metrics import (
+    ROUGE_TYPES,
     bleu,
     chrf,
     classification_report,
+    exact_match,
+    f1_scores,
     per_example,
     perplexity,
     perplexity_by,
+    perplexity_from_nll,
+    rouge,
     rouge_l,
     text_batches,
     text_scores,
@@ -61,11 +66,11 @@ from cookbook.evaluate.tuning import (
 )
 
 __all__ = [
-    "BACKENDS", "EWC", "ISOLATIONS", "PRUNERS", "STATUSES", "STRATEGIES", "TASKS", "Choice", "Decision", "Float", "Int",
+    "BACKENDS", "EWC", "ISOLATIONS", "PRUNERS", "ROUGE_TYPES", "STATUSES", "STRATEGIES", "TASKS", "Choice", "Decision", "Float", "Int",
     "MlflowSink", "Pruned", "SandboxUnavailable", "SandboxWarning", "SearchResult", "Shadow", "StallPruner", "Task", "Trial", "Verdict", "bleu", "chrf",
     "classification_report", "classifier", "cohen_kappa", "complete", "decide", "default_uri",
-    "execution_pass_at_k", "fisher_diagonal", "function_body_end", "held_out_functions", "history_plot",
+    "exact_match", "execution_pass_at_k", "f1_scores", "fisher_diagonal", "function_body_end", "held_out_functions", "history_plot",
     "importance", "importance_plot", "kl_shift", "labelling_curve", "mcnemar", "noisy_labels", "paired_bootstrap",
-    "paired_t", "pass_at_k", "per_example", "perplexity", "perplexity_by", "rouge_l", "run_candidate", "runs", "search", "select",
+    "paired_t", "pass_at_k", "per_example", "perplexity", "perplexity_by", "perplexity_from_nll", "rouge", "rouge_l", "run_candidate", "runs", "search", "select",
     "text_batches", "text_scores", "token_counts", "trial_logger", "uncertainty",
 ]
