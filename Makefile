@@ -20,7 +20,8 @@ LAB_FLAGS := --LabApp.extension_manager=readonly $(if $(filter 0,$(shell id -u))
 # No "get Jupyter news?" pop-up and no update check (both would fetch from the web): a settings default of ours.
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/cookbook.json
 
-.PHONY: install pins run test lint unit nbval lab bench clean book test-browser workshop offline-install mutate
+.PHONY: install pins run test lint unit nbval lab bench clean book test-browser workshop offline-install stack-deps \
+        reference-model mutate
 
 install: $(STAMP)
 
@@ -97,6 +98,29 @@ offline-install:
 mutate: $(STAMP)
 	@test -n "$(MODULES)" || { echo 'usage: make mutate MODULES="planning.memory data.dedup" [BUDGET=seconds per module]' >&2; exit 2; }
 	nice -n 15 $(BIN)/python tools/mutate.py $(MODULES) $(if $(BUDGET),--budget $(BUDGET))
+
+# The optional system programs (nginx, Prometheus: notebook 12's serving stack; Chromium: make test-browser).
+# Nothing needs them: without them notebook 12 says what it skips and the browser tests skip. Homebrew on macOS,
+# apt on Debian/Ubuntu (sudo unless root), else conda-forge in the active conda environment (no Chromium there).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+stack-deps:
+	@if [ "$$(uname)" = Darwin ] && command -v brew >/dev/null; then \
+	  brew install nginx prometheus && brew install --cask chromium; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    --no-install-recommends nginx prometheus chromium; \
+	elif [ -n "$$CONDA_PREFIX" ]; then \
+	  conda install -y -c conda-forge nginx prometheus && echo "Chromium: install it yourself, then set COOKBOOK_CHROMIUM"; \
+	else \
+	  echo "no apt-get, Homebrew or conda here: install nginx, prometheus and chromium with your package manager" >&2; \
+	  exit 1; fi
+	$(BIN)/python -m cookbook report | sed -n '/optional system programs/,/^$$/p'
+
+# The shipped reference model (cookbook/models/reference_files): ~2 h on 2 CPU cores, resumable (run it again to
+# continue from the last checkpoint in runs/reference-model). Chapters after 04 load it with models.reference().
+reference-model: $(STAMP)
+	$(BIN)/python tools/reference_model.py train
+	$(BIN)/python tools/reference_model.py ship
 
 print-%:
 	@echo $($*)

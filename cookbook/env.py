@@ -8,6 +8,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -23,8 +24,8 @@ from transformers.utils import logging as hf_logging
 
 from cookbook.profiles import Profile, profile
 
-__all__ = ["cache_dir", "check_packages", "commit", "device", "pins_file", "quiet_progress", "read_pins", "report", "runs_dir",
-           "seed_everything", "setup"]
+__all__ = ["OPTIONAL_TOOLS", "cache_dir", "check_packages", "commit", "device", "find_tool", "install_hint",
+           "optional_tools", "pins_file", "quiet_progress", "read_pins", "report", "runs_dir", "seed_everything", "setup"]
 
 
 def setup(seed: int = 0, profile_name: str | None = None) -> Profile:
@@ -269,3 +270,53 @@ def report(*, pins: str | Path | None = None, every_package: bool = False) -> pd
         if found is not None and _major_minor(found) < minimum:
             warnings.warn(f"{package} {found}: {why}", stacklevel=2)
     return table
+
+
+# The optional system programs: what each is for, how to install it (apt, Homebrew, conda-forge), its version flag.
+OPTIONAL_TOOLS = {
+    "nginx": ("notebook 12's load balancer", "sudo apt-get install nginx · brew install nginx · "
+              "conda install -c conda-forge nginx", "-v"),
+    "prometheus": ("notebook 12's metrics query", "sudo apt-get install prometheus · brew install prometheus · "
+                   "conda install -c conda-forge prometheus", "--version"),
+    "chromium": ("make test-browser", "sudo apt-get install chromium · brew install --cask chromium · or set "
+                 "COOKBOOK_CHROMIUM to a Chrome/Chromium binary", "--version"),
+}
+
+
+def find_tool(name: str) -> str | None:
+    """The path of an optional system program (PATH, then /usr/sbin where Debian puts nginx), None if absent.
+
+    $COOKBOOK_CHROMIUM names the browser. Setting `COOKBOOK_HIDE_TOOLS=nginx,prometheus` makes them count as
+    absent: CI runs the notebooks that way to prove a machine without them passes."""
+    if name not in OPTIONAL_TOOLS:
+        raise ValueError(f"unknown optional tool {name!r}; valid: {', '.join(OPTIONAL_TOOLS)}")
+    if name in os.environ.get("COOKBOOK_HIDE_TOOLS", "").replace(" ", "").split(","):
+        return None
+    if name == "chromium" and os.environ.get("COOKBOOK_CHROMIUM"):
+        return os.environ["COOKBOOK_CHROMIUM"]
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+
+
+def install_hint(name: str) -> str:
+    """One line: the optional program is missing, what needs it, and how to install it on Debian/Ubuntu, macOS
+    and conda. Shown in notebooks/12 where nginx or Prometheus is absent."""
+    needed_by, how, _ = OPTIONAL_TOOLS[name]
+    return f"{name} is not installed (needed by {needed_by}): {how}; `make stack-deps` installs what it can"
+
+
+def _version(path: str, flag: str) -> str:
+    try:
+        done = subprocess.run([path, flag], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"found, version unknown ({type(err).__name__})"
+    text = (done.stdout or done.stderr).strip().splitlines()
+    return text[0][:60] if text else "found, version unknown"
+
+
+def optional_tools() -> pd.DataFrame:
+    """Each optional system program: found or missing, its version, what needs it and how to install it."""
+    rows = []
+    for name, (needed_by, how, flag) in OPTIONAL_TOOLS.items():
+        path = find_tool(name)
+        rows.append((name, _version(path, flag) if path else "missing", needed_by, "" if path else how))
+    return pd.DataFrame(rows, columns=["tool", "version", "needed by", "install"]).set_index("tool")

@@ -22,7 +22,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from tqdm.auto import tqdm
 from traitlets.config import Config
 
-from cookbook.env import check_packages, pins_file, report, runs_dir
+from cookbook.env import check_packages, optional_tools, pins_file, report, runs_dir
 from cookbook.profiles import PROFILES, profile
 
 __all__ = ["RUNS_ENV", "clean_outputs", "main", "record", "run_notebooks"]
@@ -130,6 +130,9 @@ def _report(show_all: bool, strict: bool) -> int:
     """`python -m cookbook report`: the environment against the tested pins; 1 under --strict when it differs."""
     pins = pins_file()
     print(report(pins=pins, every_package=show_all).to_string())
+    # the optional system programs: never required, listed so a missing one is no surprise later
+    print("\noptional system programs (`make stack-deps` installs them where it can):")
+    print(optional_tools().to_string())
     if pins is None:
         print("\nno requirements/ folder (not a source checkout): versions are not checked against tested pins")
         return 0
