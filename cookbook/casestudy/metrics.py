@@ -1,4 +1,4 @@
-"""Ranking and classification metrics of the case study: recall@k, NDCG@k (binary relevance), AUC.
+"""Ranking and classification metrics of the case study: recall@k, NDCG@k (binary relevance), AUC (scikit-learn).
 
     recall_at_k(ranked, targets, k), ndcg_at_k(ranked, targets, k)   # ranked: (users, >= k) item ids, best first
     auc(labels, scores)                                              # ties count one half, as scikit-learn's
@@ -9,7 +9,6 @@ Each is a mean over users of a per-user value; a user's targets are the items of
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from cookbook.checks import positive_int
 
@@ -41,18 +40,30 @@ def recall_at_k(ranked, targets, k: int) -> float:
 
 
 def ndcg_at_k(ranked, targets, k: int) -> float:
-    """Mean over users of DCG@k / ideal DCG@k, with DCG = Σ_r hit_r / log2(r + 1) over ranks r = 1..k and the
-    ideal ranking putting min(|targets|, k) hits first. Shown in notebooks/14 §5."""
+    """Mean over users of DCG@k / ideal DCG@k (scikit-learn's `ndcg_score`), binary relevance: DCG = Σ_r hit_r /
+    log2(r + 1) over ranks r = 1..k, the ideal ranking putting min(|targets|, k) hits first. Shown in
+    notebooks/14 §5."""
+    from sklearn.metrics import ndcg_score  # optional, heavy: the `casestudy` extra
+
     ranked = _check(ranked, targets, k)
-    discount = 1 / np.log2(np.arange(2, k + 2))
-    dcg = _hits(ranked, targets) @ discount
-    ideal = np.array([discount[: min(len(set(t)), k)].sum() for t in targets])
-    return float(np.mean(dcg / ideal))
+    # one row per user over its k ranked items then its targets left out of them (scored below every ranked
+    # one); a ragged tail is padded with relevance 0 at the lowest score
+    rows = [list(row) + sorted(set(t) - set(row.tolist())) for row, t in zip(ranked, targets, strict=True)]
+    width = max(map(len, rows))
+    relevance = np.zeros((len(rows), width))
+    scores = np.full((len(rows), width), -1.0)
+    for i, (row, t) in enumerate(zip(rows, map(set, targets), strict=True)):
+        relevance[i, :len(row)] = [item in t for item in row]
+        scores[i, :k] = np.arange(k, 0, -1)
+        scores[i, k:len(row)] = 0.0
+    return float(ndcg_score(relevance, scores, k=k))
 
 
 def auc(labels, scores) -> float:
-    """Area under the ROC curve: the chance that a random positive outranks a random negative, ties counted
-    one half (Mann-Whitney U / (n_pos x n_neg), from average ranks). Shown in notebooks/14 §5."""
+    """Area under the ROC curve (scikit-learn's `roc_auc_score`): the chance that a random positive outranks a
+    random negative, ties counted one half. Shown in notebooks/14 §5."""
+    from sklearn.metrics import roc_auc_score  # optional, heavy: the `casestudy` extra
+
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     if labels.shape != scores.shape or labels.ndim != 1:
         raise ValueError(f"labels and scores must be 1-d of one length, got shapes {labels.shape}, {scores.shape}")
@@ -60,12 +71,10 @@ def auc(labels, scores) -> float:
         raise ValueError(f"labels must be 0 or 1, got values {sorted(set(labels.tolist()) - {0, 1})[:5]}")
     if not np.isfinite(scores).all():
         raise ValueError("scores hold NaN or infinite values")
-    positive = labels == 1
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"AUC needs both classes; got {n_pos} positives and {n_neg} negatives")
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(labels, scores))
 
 
 def top_k(scores, k: int) -> np.ndarray:

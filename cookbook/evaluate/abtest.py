@@ -38,30 +38,36 @@ def paired_bootstrap(a, b, *, resamples: int = 10_000, confidence: float = 0.95,
                      statistic: Callable = np.mean) -> dict[str, float]:
     """Difference `statistic(b) - statistic(a)` with a percentile bootstrap interval over resampled examples.
 
-    Examples are resampled with their pair (both models' scores of one example stay together). Also returns
-    `p_value`: twice the share of resampled differences on the far side of 0 (two-sided). Shown in notebooks/13 §5.
+    `scipy.stats.bootstrap(paired=True)` underneath: examples are resampled with their pair (both models'
+    scores of one example stay together). `statistic(x, axis=...)` must reduce along `axis`, as np.mean and
+    np.median do. Also returns `p_value`: twice the share of resampled differences on the far side of 0
+    (two-sided). Shown in notebooks/13 §5.
     """
+    from scipy import stats  # optional: the `evaluate` extra
+
     a, b = _paired(a, b)
     positive_int("resamples", resamples)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
-    diffs = np.array([statistic(b[i]) - statistic(a[i]) for i in idx])
-    diff = float(statistic(b) - statistic(a))
-    tail = (1 - confidence) / 2
+    res = stats.bootstrap((a, b), lambda x, y, axis: statistic(y, axis=axis) - statistic(x, axis=axis),
+                          paired=True, vectorized=True, n_resamples=resamples, confidence_level=confidence,
+                          method="percentile", rng=np.random.default_rng(seed))
+    diffs, diff = res.bootstrap_distribution, float(statistic(b) - statistic(a))
     far = (diffs <= 0).mean() if diff > 0 else (diffs >= 0).mean() if diff < 0 else 1.0
-    return {"diff": diff, "low": float(np.quantile(diffs, tail)), "high": float(np.quantile(diffs, 1 - tail)),
+    return {"diff": diff, "low": float(res.confidence_interval.low), "high": float(res.confidence_interval.high),
             "p_value": float(min(1.0, 2 * far))}
 
 
 def mcnemar(correct_a, correct_b, *, exact: bool | None = None) -> dict[str, float]:
-    """McNemar's test on paired right/wrong outcomes (McNemar 1947): only discordant examples count.
+    """McNemar's test on paired right/wrong outcomes (McNemar 1947; statsmodels): only discordant examples count.
 
     n01 = a wrong and b right, n10 = a right and b wrong. Exact: a two-sided binomial test of n01 out of
     n01 + n10 at 1/2; otherwise the chi-square statistic with continuity correction, (|n01 - n10| - 1)^2 /
     (n01 + n10), on 1 degree of freedom. `exact=None` uses the exact test under 25 discordant pairs.
     Shown in notebooks/13 §5.
     """
+    from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar  # optional: the `evaluate` extra
+
     a, b = (np.asarray(x) for x in (correct_a, correct_b))
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError(f"correct_a and correct_b must be equally long 1-D right/wrong lists, got {a.shape}, {b.shape}")
@@ -71,32 +77,26 @@ def mcnemar(correct_a, correct_b, *, exact: bool | None = None) -> dict[str, flo
     n01, n10 = int((~a & b).sum()), int((a & ~b).sum())
     n = n01 + n10
     exact = n < 25 if exact is None else exact
-    if n == 0:
+    if n == 0:  # no discordant pair, no evidence (the chi-square form would divide by zero)
         return {"n01": 0, "n10": 0, "statistic": 0.0, "p_value": 1.0, "exact": exact}
-    if exact:
-        k = min(n01, n10)
-        p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
-        return {"n01": n01, "n10": n10, "statistic": float(k), "p_value": p, "exact": True}
-    stat = (abs(n01 - n10) - 1) ** 2 / n
-    return {"n01": n01, "n10": n10, "statistic": stat, "p_value": math.erfc(math.sqrt(stat / 2)), "exact": False}
+    table = [[int((a & b).sum()), n10], [n01, int((~a & ~b).sum())]]
+    result = sm_mcnemar(table, exact=exact, correction=True)
+    return {"n01": n01, "n10": n10, "statistic": float(result.statistic), "p_value": float(result.pvalue),
+            "exact": exact}
 
 
 def paired_t(a, b) -> dict[str, float]:
-    """Paired t-test of the per-example differences d = b - a: t = mean(d) / (sd(d) / sqrt(n)), n - 1 degrees of
-    freedom, two-sided p-value. Assumes roughly normal differences; `paired_bootstrap` does not. Shown in
-    notebooks/13 §5."""
-    from scipy import special  # optional: the `evaluate` extra (scikit-learn brings it)
+    """Paired t-test of the per-example differences d = b - a (`scipy.stats.ttest_rel`): t = mean(d) / (sd(d) /
+    sqrt(n)), n - 1 degrees of freedom, two-sided p-value. Assumes roughly normal differences;
+    `paired_bootstrap` does not. Shown in notebooks/13 §5."""
+    from scipy import stats  # optional: the `evaluate` extra
 
     a, b = _paired(a, b)
     d = b - a
-    n, sd = len(d), d.std(ddof=1)
-    if sd == 0:
+    if d.std(ddof=1) == 0:
         raise ValueError("every paired difference is the same: the t statistic is undefined (no variance)")
-    t = float(d.mean() / (sd / math.sqrt(n)))
-    df = n - 1
-    # two-sided tail of Student's t: P(|T| > t) = I_{df / (df + t^2)}(df / 2, 1 / 2)
-    p = float(special.betainc(df / 2, 0.5, df / (df + t * t)))
-    return {"diff": float(d.mean()), "t": t, "df": df, "p_value": p}
+    result = stats.ttest_rel(b, a)
+    return {"diff": float(d.mean()), "t": float(result.statistic), "df": len(d) - 1, "p_value": float(result.pvalue)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -103,18 +103,19 @@ def noisy_labels(y, error_rate: float, classes: int, *, seed: int = 0) -> np.nda
 
 
 def cohen_kappa(a, b) -> float:
-    """Cohen's kappa of two annotators on the same items: (p_o - p_e) / (1 - p_e) (Cohen 1960).
+    """Cohen's kappa of two annotators on the same items: (p_o - p_e) / (1 - p_e) (Cohen 1960; scikit-learn's).
 
     p_o is their observed agreement, p_e the agreement expected by chance from each one's label frequencies;
-    1 is perfect, 0 chance level, < 0 worse than chance. Shown in notebooks/13 §3.
+    1 is perfect, 0 chance level, < 0 worse than chance. Undefined (an error, not NaN) when both give every
+    item one label. Shown in notebooks/13 §3, which computes it by hand.
     """
+    from sklearn.metrics import cohen_kappa_score  # optional, heavy: the `evaluate` extra
+
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError(f"a and b must be equally long, non-empty label lists, got shapes {a.shape} and {b.shape}")
     labels = np.unique(np.concatenate([a, b]))
-    p_o = float((a == b).mean())
-    p_e = float(sum((a == c).mean() * (b == c).mean() for c in labels))
-    if p_e == 1.0:
+    if len(labels) == 1:
         raise ValueError(f"kappa is undefined when both annotators give every item the same label ({labels[0]!r}): "
                          "chance agreement is already 1")
-    return (p_o - p_e) / (1.0 - p_e)
+    return float(cohen_kappa_score(a, b))

@@ -40,10 +40,12 @@ def test_cohen_kappa_matches_scikit_learn():
     a = rng.integers(0, 4, 300)
     b = active.noisy_labels(a, 0.3, 4, seed=1)
     assert 0.6 < (a == b).mean() < 0.8  # about 30% relabelled, never to the true class
-    assert active.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
+    assert active.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b), abs=1e-9)
     assert active.cohen_kappa(a, a) == 1.0
     # hand computation: p_o = 0.5, p_e = 0.5 x 0.5 + 0.5 x 0.5 = 0.5 -> kappa 0
     assert active.cohen_kappa([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0)
+    # p_o = 4/6; label shares 2:2:2 and 2:3:1 give p_e = (4 + 6 + 2) / 36 = 1/3 -> kappa (2/3 - 1/3) / (2/3) = 1/2
+    assert active.cohen_kappa([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0]) == pytest.approx(0.5, abs=1e-12)
     with pytest.raises(ValueError, match="undefined when both annotators give every item the same label"):
         active.cohen_kappa([1, 1], [1, 1])
     with pytest.raises(ValueError, match="equally long"):
