@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cookbook import deploy
 from cookbook.deploy import model_service_pb2 as pb
 from cookbook.deploy import model_service_pb2_grpc as pb_grpc
+from cookbook.deploy.service import _Batcher, _Job
 from cookbook.deploy.stack import scrape
 
 CONFIG = deploy.ServiceConfig(model_name="tiny-fp32", max_prompt_tokens=32, max_tokens_limit=16, batch_wait_ms=20)
@@ -211,3 +212,41 @@ def test_bad_config_is_named(field, value, message):
 def test_limits_beyond_the_model_context_are_refused(moe, tok):
     with pytest.raises(ValueError, match=r"exceeds the model's max_position_embeddings \(2048\)"):
         deploy.ModelServer(moe, tok, deploy.ServiceConfig(max_prompt_tokens=2040, max_tokens_limit=16))
+
+
+def _batcher(config, arriving):
+    """A _Batcher whose model thread is not started: _collect is driven from the test."""
+    return _Batcher(None, config, None, 0, None, arriving=arriving, start=False)
+
+
+def _job(i):
+    return _Job([i], 1, 0.0, 0, deadline=time.monotonic() + 60)
+
+
+def test_collection_waits_for_a_request_still_being_parsed():
+    # a handler has the request but has not queued it yet (tokenising, under load): the batch waits for it,
+    # well past batch_wait_ms, instead of leaving without it and making it wait a whole batch
+    state = {"arriving": 1}
+    batcher = _batcher(deploy.ServiceConfig(max_batch=4, batch_wait_ms=1, batch_max_wait_ms=60_000),
+                       lambda: state["arriving"])
+
+    def late():
+        time.sleep(0.05)  # 50 batch_wait_ms
+        batcher.queue.put(_job(2))
+        state["arriving"] = 0
+
+    threading.Thread(target=late).start()
+    batch = batcher._collect(_job(1))
+    assert [j.ids for j in batch] == [[1], [2]]
+
+
+def test_collection_stops_at_max_batch_and_at_the_cap():
+    batcher = _batcher(deploy.ServiceConfig(max_batch=3, batch_wait_ms=1, batch_max_wait_ms=60_000), lambda: 1)
+    for i in range(2, 6):
+        batcher.queue.put(_job(i))
+    assert [j.ids for j in batcher._collect(_job(1))] == [[1], [2], [3]]  # full: leaves at once
+    assert [batcher.queue.get_nowait().ids for _ in range(2)] == [[4], [5]] and batcher.queue.empty()
+    capped = _batcher(deploy.ServiceConfig(max_batch=3, batch_wait_ms=1, batch_max_wait_ms=20), lambda: 1)
+    assert [j.ids for j in capped._collect(_job(1))] == [[1]]  # someone "arriving" forever: the cap ends it
+    with pytest.raises(ValueError, match="batch_max_wait_ms must be a finite number >= 0, got -1"):
+        deploy.ServiceConfig(batch_max_wait_ms=-1)
