@@ -1,13 +1,18 @@
 """cookbook.planning.flops against torch's FLOP counter, PaLM's formula and NVIDIA's datasheets."""
 
+import math
+import re
+import types
+
 import pytest
 import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import AutoModelForCausalLM, DeepseekV3Config, MixtralConfig
+from transformers import AutoModelForCausalLM, DeepseekV3Config, LlamaConfig, MixtralConfig
 
 from cookbook import planning
-from tests.planning.configs import llama, mla
+from cookbook.planning.flops import head_dims
+from tests.planning.configs import LLAMA, llama, mla
 from tests.planning.test_params import MOE_FAMILIES
 
 
@@ -106,3 +111,30 @@ def test_peak_flops_of_current_device_needs_cuda():
     else:
         with pytest.raises(ValueError, match="no CUDA device"):
             planning.peak_flops()
+
+
+def test_mfu_boundaries_and_messages():
+    assert planning.mfu(0, 6e9, 1e13) == 0.0  # an idle run: zero tokens/s is a valid measurement
+    assert planning.mfu(4.0, 0.5, 1.0) == 2.0  # values below 1 are fine (the check is > 0, not >= 1)
+    for args, name, value in [((-1.0, 6e9, 1e13), "tokens_per_s", -1.0), ((1.0, 0, 1e13), "flops_per_token", 0),
+                              ((1.0, 6e9, math.inf), "peak_flops", math.inf)]:
+        with pytest.raises(ValueError, match=f"^{name} must be a positive finite number, got {value!r}$"):
+            planning.mfu(*args)
+
+
+def test_peak_flops_defaults_case_and_messages():
+    assert planning.peak_flops("H100 SXM") == planning.peak_flops("H100 SXM", "bf16") == 989.4e12  # bf16 default
+    assert planning.peak_flops("nvidia h100 80gb hbm3") == 989.4e12  # device names match case-insensitively
+    known = ", ".join(planning.GPUS)
+    with pytest.raises(ValueError, match="^" + re.escape(f"unknown GPU 'TPU v5'; known: {known}") + "$"):
+        planning.peak_flops("TPU v5")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=f"^{re.escape('no CUDA device: pass gpu= one of ' + known)}$"):
+            planning.peak_flops()
+
+
+def test_head_dims_use_an_explicit_head_dim():
+    config = LlamaConfig(**{**LLAMA, "head_dim": 8})  # 4 heads of 8, not hidden 16 / 4 heads = 4
+    assert head_dims(config) == (4, 8, 8)
+    plain = types.SimpleNamespace(num_attention_heads=4, hidden_size=16)  # a config without head_dim
+    assert head_dims(plain) == (4, 4, 4) and all(isinstance(d, int) for d in head_dims(plain))  # counts: ints
