@@ -34,17 +34,17 @@ _KINDS = ("forward", "reverse")
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _positions(labels: torch.Tensor | None, *tensors: torch.Tensor) -> list[torch.Tensor]:
+def _positions(labels: torch.Tensor | None, *tensors: torch.Tensor, ignore_index: int = -100) -> list[torch.Tensor]:
     """The rows of each (batch, seq, ...) tensor that predict a real target, flattened to (n, ...).
 
-    Without labels every position counts. With labels, position t counts when labels[t + 1] != -100.
+    Without labels every position counts. With labels, position t counts when labels[t + 1] != ignore_index.
     """
     if labels is None:
         return [t.reshape(-1, t.shape[-1]) for t in tensors]
     if any(t.shape[:2] != labels.shape for t in tensors):
         raise ValueError(f"labels of shape {tuple(labels.shape)} do not match tensors of shapes "
                          f"{[tuple(t.shape) for t in tensors]} (need the same batch and sequence length)")
-    keep = labels[:, 1:] != -100
+    keep = labels[:, 1:] != ignore_index
     return [t[:, :-1][keep] for t in tensors]
 
 
@@ -84,42 +84,44 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 def soft_target_loss(student_logits, teacher_logits, temperature: float = 2.0, labels=None,
-                     reduction: str = "mean") -> torch.Tensor:
+                     reduction: str = "mean", *, ignore_index: int = -100) -> torch.Tensor:
     """Hinton's soft-target loss T²·KL(teacher_T ‖ student_T), per predicted position.
 
-    `labels` (optional, as for `train.token_loss`) leaves out the positions whose next token is -100.
+    `labels` (optional, as for `train.token_loss`) leaves out the positions whose next token is `ignore_index`.
     Shown in notebooks/08 §1.
     """
     _check_temperature(temperature)
-    s, t = _positions(labels, student_logits, teacher_logits)
+    s, t = _positions(labels, student_logits, teacher_logits, ignore_index=ignore_index)
     s, t = _wide(s) / temperature, _wide(t.detach()) / temperature
     return _reduce(_kl(F.log_softmax(t, -1), F.log_softmax(s, -1)) * temperature**2, reduction)
 
 
 def reverse_kl_loss(student_logits, teacher_logits, temperature: float = 1.0, labels=None,
-                    reduction: str = "mean") -> torch.Tensor:
+                    reduction: str = "mean", *, ignore_index: int = -100) -> torch.Tensor:
     """Reverse KL T²·KL(student_T ‖ teacher_T) per predicted position (MiniLLM's objective, token level).
 
     Shown in notebooks/08 §3 (`distill(..., kind="reverse")`).
     """
     _check_temperature(temperature)
-    s, t = _positions(labels, student_logits, teacher_logits)
+    s, t = _positions(labels, student_logits, teacher_logits, ignore_index=ignore_index)
     s, t = _wide(s) / temperature, _wide(t.detach()) / temperature
     return _reduce(_kl(F.log_softmax(s, -1), F.log_softmax(t, -1)) * temperature**2, reduction)
 
 
 def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float = 0.5, temperature: float = 2.0,
-                      kind: str = "forward", reduction: str = "mean") -> torch.Tensor:
+                      kind: str = "forward", reduction: str = "mean", ignore_index: int = -100) -> torch.Tensor:
     """alpha · soft-target loss + (1 − alpha) · cross-entropy on the labels, over the target positions.
 
-    `kind` "forward" is Hinton's KL(teacher ‖ student), "reverse" MiniLLM's KL(student ‖ teacher).
+    `kind` "forward" is Hinton's KL(teacher ‖ student), "reverse" MiniLLM's KL(student ‖ teacher). Positions
+    whose next label is `ignore_index` (-100, Hugging Face's and PyTorch's default) count in neither term.
     Shown in notebooks/08 §3.
     """
     _check(alpha, temperature, kind)
     soft_loss = soft_target_loss if kind == "forward" else reverse_kl_loss
-    soft = soft_loss(student_logits, teacher_logits, temperature, labels, reduction="none")
-    (s,) = _positions(labels, student_logits)
-    hard = F.cross_entropy(_wide(s), labels[:, 1:][labels[:, 1:] != -100], reduction="none")
+    soft = soft_loss(student_logits, teacher_logits, temperature, labels, reduction="none", ignore_index=ignore_index)
+    (s,) = _positions(labels, student_logits, ignore_index=ignore_index)
+    targets = labels[:, 1:]
+    hard = F.cross_entropy(_wide(s), targets[targets != ignore_index], reduction="none")
     return _reduce(alpha * soft + (1 - alpha) * hard, reduction)
 
 

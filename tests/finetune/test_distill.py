@@ -97,6 +97,21 @@ def test_distillation_loss_mixes_soft_and_hard_terms():
     assert summed.item() == pytest.approx(got.item() * int((labels[:, 1:] != -100).sum()), rel=1e-6)
 
 
+def test_distillation_loss_ignore_index():
+    # padding marked with the pad id 0 instead of -100: the same loss as the -100 labels, against torch's own
+    s, t, labels, alpha = _logits(0), _logits(1), _labels(), 0.3
+    padded = labels.masked_fill(labels == -100, 0)
+    assert (labels[:, 1:] != 0).all()  # 0 is free to mean padding here
+    want = finetune.distillation_loss(s, t, labels, alpha=alpha)
+    got = finetune.distillation_loss(s, t, padded, alpha=alpha, ignore_index=0)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    hard = F.cross_entropy(s[:, :-1].reshape(-1, VOCAB), padded[:, 1:].reshape(-1), ignore_index=0)
+    assert finetune.distillation_loss(s, t, padded, alpha=0.0, ignore_index=0).item() == pytest.approx(
+        hard.item(), rel=1e-12)
+    # left at its default, the 0s are targets and the loss changes
+    assert finetune.distillation_loss(s, t, padded, alpha=alpha).item() != pytest.approx(want.item(), rel=1e-3)
+
+
 def test_feature_loss_is_mse_through_the_projection():
     student, teacher = _logits(0, (2, 5, 8)), _logits(1, (2, 5, 16))
     projection = torch.nn.Linear(8, 16, bias=False).double()
