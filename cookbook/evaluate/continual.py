@@ -21,12 +21,34 @@ from cookbook.train.batches import target_count
 __all__ = ["EWC", "fisher_diagonal", "kl_shift", "token_counts"]
 
 
-def fisher_diagonal(model: torch.nn.Module, batches: Iterable, loss_fn: Callable) -> dict[str, torch.Tensor]:
-    """Diagonal Fisher information: the mean over `batches` of the squared gradient of `loss_fn(model, batch)`.
+def _examples(batch):
+    """The examples of a batch (a tensor, or a tuple / list / dict of them), each with a batch dimension of 1."""
+    tensors = [t for t in (batch.values() if isinstance(batch, Mapping) else
+                           batch if isinstance(batch, (tuple, list)) else [batch]) if isinstance(t, torch.Tensor)]
+    if not tensors or tensors[0].dim() == 0:
+        raise TypeError(f"a batch is a tensor or a tuple, list or dict holding tensors with a batch dimension, "
+                        f"got {type(batch).__name__}")
 
-    `loss_fn` is the negative log-likelihood of the batch's labels, averaged over the batch. With batches of
-    one example this is the textbook empirical Fisher, E[(d log p(y|x) / d theta)^2]; larger batches give the
-    cheaper (smaller) squared mean gradient. Dropout is off (eval mode). Shown in notebooks/13 §4.
+    def row(x, i):
+        return x[i:i + 1] if isinstance(x, torch.Tensor) else x
+
+    for i in range(len(tensors[0])):
+        if isinstance(batch, Mapping):
+            yield {k: row(v, i) for k, v in batch.items()}
+        elif isinstance(batch, (tuple, list)):
+            yield type(batch)(row(v, i) for v in batch)
+        else:
+            yield row(batch, i)
+
+
+def fisher_diagonal(model: torch.nn.Module, batches: Iterable, loss_fn: Callable) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher: the mean over every example of the squared gradient of its own loss.
+
+    `loss_fn(model, batch)` is the negative log-likelihood of a batch's labels (averaged over the batch); it
+    is called on one example at a time, so the result is E[(d log p(y|x) / d theta)^2] whatever the batch
+    size. (Squaring each *batch*'s mean gradient instead would shrink it by about the batch size: the
+    per-example gradients partly cancel.) Batches are tensors, or tuples / lists / dicts of tensors whose
+    first dimension is the example. Dropout is off (eval mode). Shown in notebooks/13 §4.
     """
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     fisher = {name: torch.zeros_like(p) for name, p in params.items()}
@@ -34,17 +56,18 @@ def fisher_diagonal(model: torch.nn.Module, batches: Iterable, loss_fn: Callable
     model.eval()
     try:
         for batch in batches:
-            model.zero_grad(set_to_none=True)
-            loss_fn(model, batch).backward()
-            for name, p in params.items():
-                if p.grad is not None:
-                    fisher[name] += p.grad.detach() ** 2
-            count += 1
+            for example in _examples(batch):
+                model.zero_grad(set_to_none=True)
+                loss_fn(model, example).backward()
+                for name, p in params.items():
+                    if p.grad is not None:
+                        fisher[name] += p.grad.detach() ** 2
+                count += 1
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     if count == 0:
-        raise ValueError("fisher_diagonal() got no batches")
+        raise ValueError("fisher_diagonal() got no examples")
     return {name: f / count for name, f in fisher.items()}
 
 

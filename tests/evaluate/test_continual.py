@@ -37,12 +37,54 @@ def test_fisher_of_a_one_parameter_model_by_hand():
     assert model.theta.grad is None  # no gradient left behind
 
 
+class Logistic(torch.nn.Module):
+    """p(y = 1 | x) = sigmoid(w x): the per-example gradient of the NLL is (sigmoid(w x) - y) x."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(float(w), dtype=torch.float64))
+
+    def forward(self, x):
+        return self.w * x
+
+
+def _logistic_nll(model, batch):
+    return torch.nn.functional.binary_cross_entropy_with_logits(model(batch["x"]), batch["y"])
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 50])
+def test_fisher_is_per_example_whatever_the_batch_size(batch_size):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(50, generator=gen, dtype=torch.float64) * 2
+    y = (torch.rand(50, generator=gen, dtype=torch.float64) < torch.sigmoid(0.8 * x)).double()
+    closed_form = (((torch.sigmoid(0.4 * x) - y) * x) ** 2).mean().item()
+    batches = [{"x": x[i:i + batch_size], "y": y[i:i + batch_size]} for i in range(0, 50, batch_size)]
+    fisher = continual.fisher_diagonal(Logistic(0.4), batches, _logistic_nll)
+    assert fisher["w"].item() == pytest.approx(closed_form, rel=1e-12)
+    # the squared gradient of each batch's mean loss: what a per-batch Fisher would report, far smaller
+    batch_means = np.mean([(((torch.sigmoid(0.4 * b["x"]) - b["y"]) * b["x"]).mean() ** 2).item() for b in batches])
+    assert batch_size == 1 or batch_means < 0.8 * closed_form
+
+
+def test_fisher_splits_tuples_lists_and_bare_tensors_and_rejects_the_rest():
+    x = torch.tensor([0.5, -1.0, 2.0, 1.5], dtype=torch.float64)
+    y = torch.tensor([0.3, -0.2, 1.9, 0.1], dtype=torch.float64)
+    by_hand = (((y - 0.7 * x) * x) ** 2).mean().item()
+    assert continual.fisher_diagonal(Line(0.7), [[x, y]], _nll)["theta"].item() == pytest.approx(by_hand, rel=1e-12)
+    bare = continual.fisher_diagonal(Line(0.7), [x[:3], x[3:]], lambda m, b: (0.5 * m(b) ** 2).mean())
+    assert bare["theta"].item() == pytest.approx(((0.7 * x * x) ** 2).mean().item(), rel=1e-12)
+    with pytest.raises(TypeError, match="a batch is a tensor or a tuple, list or dict"):
+        continual.fisher_diagonal(Line(0.7), ["not a batch"], _nll)
+    with pytest.raises(ValueError, match="no examples"):
+        continual.fisher_diagonal(Line(0.7), [], _nll)
+
+
 def test_fisher_with_labels_from_the_model_is_the_expected_fisher():
     # labels drawn from the model itself: E[(eps x)^2] = E[x^2] (unit noise), the true Fisher of the line
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2000, generator=gen, dtype=torch.float64)
     y = 0.7 * x + torch.randn(2000, generator=gen, dtype=torch.float64)
-    fisher = continual.fisher_diagonal(Line(0.7), [(x[i:i + 1], y[i:i + 1]) for i in range(2000)], _nll)
+    fisher = continual.fisher_diagonal(Line(0.7), [(x[i:i + 100], y[i:i + 100]) for i in range(0, 2000, 100)], _nll)
     assert fisher["theta"].item() == pytest.approx(1.0, rel=0.15)  # sampling error: ~0.055 relative
 
 
