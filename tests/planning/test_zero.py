@@ -1,6 +1,7 @@
 """cookbook.planning.zero: DeepSpeed configs (checked by DeepSpeed's own models when installed) and min_gpus."""
 
 import json
+import re
 
 import pytest
 
@@ -140,3 +141,78 @@ def test_validate_with_deepspeed_and_the_documented_keys_are_deepspeeds():
     config["zero_optimization"]["offload_optimizer"]["devices"] = "cpu"  # misspelt
     with pytest.raises(ValueError, match="(?s)DeepSpeed rejects the config.*offload_optimizer.devices"):
         planning.validate_zero_config(config)
+
+
+# ----------------------------------------------------------------------------- exact configs and counts by hand
+def test_zero_config_stage3_everything_written_out():
+    h = 64
+    config = planning.zero_config(3, offload_optimizer=True, offload_params=True, precision="fp16-mixed",
+                                  micro_batch_size=2, gradient_accumulation_steps=4, gradient_clipping=0.5,
+                                  hidden_size=h, pin_memory=False)
+    assert config == {
+        "zero_optimization": {"stage": 3, "overlap_comm": True, "contiguous_gradients": True,
+                              "reduce_bucket_size": h * h, "stage3_prefetch_bucket_size": int(0.9 * h * h),
+                              "stage3_param_persistence_threshold": 10 * h,
+                              "stage3_gather_16bit_weights_on_model_save": True,
+                              "offload_optimizer": {"device": "cpu", "pin_memory": False},
+                              "offload_param": {"device": "cpu", "pin_memory": False}},
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                 "hysteresis": 2, "min_loss_scale": 1},
+        "gradient_clipping": 0.5, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4,
+    }  # no train_batch_size: DeepSpeed computes it from concrete sizes
+
+
+def test_zero_config_stage0_and_stage2_defaults_written_out():
+    config = planning.zero_config(0)
+    assert config["zero_optimization"] == {"stage": 0} and config["bf16"] == {"enabled": True}
+    assert config["fp16"]["enabled"] is False and config["gradient_clipping"] == 1.0
+    assert config["train_batch_size"] == config["train_micro_batch_size_per_gpu"] == "auto"
+    two = planning.zero_config(2, offload_optimizer=True, hidden_size=8, gradient_accumulation_steps=2)
+    assert two["zero_optimization"] == {"stage": 2, "overlap_comm": True, "contiguous_gradients": True,
+                                        "reduce_bucket_size": 64,
+                                        "offload_optimizer": {"device": "cpu", "pin_memory": True}}
+    assert two["train_batch_size"] == "auto"  # one "auto" size is enough to leave the total to the integration
+    assert planning.zero_config(1, gradient_clipping=0)["gradient_clipping"] == 0  # 0 (off) is allowed
+    fp32 = planning.zero_config(1, precision="fp32")
+    assert fp32["bf16"]["enabled"] is False and fp32["fp16"]["enabled"] is False
+
+
+@pytest.mark.parametrize("stage, rounds", [(0, 2), (1, 2), (2, 3 + 1), (3, 3 * 3)])
+def test_communication_volume_by_hand(stage, rounds):
+    # 1e9 values, 4 GPUs (each sends 3/4 of a ring collective), 3 micro-steps, 2-byte values
+    assert planning.communication_volume(1e9, 4, stage, grad_accum=3) == pytest.approx(rounds * 1e9 * 3 / 4 * 2 / 1e9)
+    assert planning.communication_volume(1e9, 4, stage, grad_accum=3, precision="fp32") == pytest.approx(
+        rounds * 1e9 * 3 / 4 * 4 / 1e9)
+    assert planning.communication_volume(1e9, 1, stage) == 0  # one GPU sends nothing
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(stage=4), "stage must be 0, 1, 2 or 3, got 4"),
+    (dict(stage=True), "stage must be 0, 1, 2 or 3, got True"),
+    (dict(precision="int8"), "unknown precision 'int8'; valid: fp32, bf16-mixed, fp16-mixed, bf16"),
+    (dict(n_gpus=0), "n_gpus must be a positive int, got 0"),
+    (dict(grad_accum=0), "grad_accum must be a positive int, got 0"),
+])
+def test_communication_volume_messages(kwargs, message):
+    args = {"params": 1e9, "n_gpus": 2, "stage": 1, **kwargs}
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        planning.communication_volume(**args)
+
+
+def test_min_gpus_boundaries():
+    def per_gpu(n):
+        return 100 / n
+
+    assert planning.min_gpus(per_gpu, 10, usable=1.0) == 10  # exactly at the limit fits (<=), usable 1 allowed
+    assert planning.min_gpus(per_gpu, 10) == 12  # 0.9 x 10 = 9 GB: 100/11 = 9.09 does not fit, 100/12 does
+    assert planning.min_gpus(per_gpu, 10, usable=1.0, max_gpus=10) == 10 and planning.min_gpus(
+        per_gpu, 10, usable=1.0, max_gpus=9) is None
+    assert planning.min_gpus(lambda n: 5.0, 10) == 1
+    for kwargs, message in [(dict(usable=0), "usable must be in (0, 1], got 0"),
+                            (dict(usable=1.01), "usable must be in (0, 1], got 1.01"),
+                            (dict(capacity_gb=0), "capacity_gb must be positive, got 0"),
+                            (dict(max_gpus=0), "max_gpus must be a positive int, got 0")]:
+        args = {"per_gpu_gb": per_gpu, "capacity_gb": 10, **kwargs}
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            planning.min_gpus(**args)
