@@ -1,5 +1,6 @@
 """cookbook.planning.zero: DeepSpeed configs (checked by DeepSpeed's own models when installed) and min_gpus."""
 
+import copy
 import json
 import re
 
@@ -216,3 +217,46 @@ def test_min_gpus_boundaries():
         args = {"per_gpu_gb": per_gpu, "capacity_gb": 10, **kwargs}
         with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
             planning.min_gpus(**args)
+
+
+def _documented(config):
+    return planning.validate_zero_config(config, use_deepspeed=False)
+
+
+def test_validate_documented_checks_each_part():
+    config = planning.zero_config(3, offload_optimizer=True, offload_params=True, micro_batch_size=2,
+                                  gradient_accumulation_steps=3)
+    assert _documented({**config, "train_batch_size": 12}) == "documented"  # 12 = 2 x 3 x 2 GPUs: fine
+    assert _documented({**config, "train_batch_size": 6}) == "documented"  # one GPU
+    assert "train_batch_size" not in config  # the caller's dict is not changed
+    for change, message in [
+        (lambda c: c["zero_optimization"].update(stage=4), "zero_optimization.stage must be 0, 1, 2 or 3, got 4"),
+        (lambda c: c["zero_optimization"]["offload_param"].update(device="gpu"),
+         "zero_optimization.offload_param.device must be none, cpu or nvme, got 'gpu'"),
+        (lambda c: c["zero_optimization"]["offload_optimizer"].update(device="disk"),
+         "zero_optimization.offload_optimizer.device must be none, cpu or nvme, got 'disk'"),
+        (lambda c: c["zero_optimization"]["offload_optimizer"].update(pinned=True),
+         "unknown DeepSpeed key(s) 'pinned' in zero_optimization.offload_optimizer; documented keys: "),
+        (lambda c: c["fp16"].update(scale=8), "unknown DeepSpeed key(s) 'scale' in fp16; documented keys: "),
+        (lambda c: c["bf16"].update(on=True), "unknown DeepSpeed key(s) 'on' in bf16; documented keys: "),
+        (lambda c: c.update(train_batch_size=10),
+         "train_batch_size 10 is not micro batch 2 x accumulation 3 x the number of GPUs"),
+    ]:
+        bad = copy.deepcopy(config)
+        change(bad)
+        with pytest.raises(ValueError, match="^" + re.escape(message)):
+            _documented(bad)
+    for device in ("none", "cpu", "nvme"):
+        ok = copy.deepcopy(config)
+        ok["zero_optimization"]["offload_param"]["device"] = device
+        assert _documented(ok) == "documented"
+
+
+def test_validate_unknown_keys_message_lists_the_documented_ones_sorted():
+    with pytest.raises(ValueError) as info:
+        _documented({**planning.zero_config(0), "zz": 1, "aa": 2})
+    head, _, keys = str(info.value).partition("; documented keys: ")
+    assert head == "unknown DeepSpeed key(s) 'aa', 'zz' in the top level"
+    assert keys.split(", ") == sorted(keys.split(", ")) and "zero_optimization" in keys.split(", ")
+    with pytest.raises(ValueError, match=r"^a ZeRO config is a dict with a 'zero_optimization' dict, got list$"):
+        _documented([])
