@@ -37,18 +37,8 @@ def test_fisher_of_a_one_parameter_model_by_hand():
     assert model.theta.grad is None  # no gradient left behind
 
 
-class Logistic(torch.nn.Module):
-    """p(y = 1 | x) = sigmoid(w x): the per-example gradient of the NLL is (sigmoid(w x) - y) x."""
-
-    def __init__(self, w):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(float(w), dtype=torch.float64))
-
-    def forward(self, x):
-        return self.w * x
-
-
 def _logistic_nll(model, batch):
+    """p(y = 1 | x) = sigmoid(theta x), the Line as a logit: the per-example gradient is (sigmoid(theta x) - y) x."""
     return torch.nn.functional.binary_cross_entropy_with_logits(model(batch["x"]), batch["y"])
 
 
@@ -59,8 +49,8 @@ def test_fisher_is_per_example_whatever_the_batch_size(batch_size):
     y = (torch.rand(50, generator=gen, dtype=torch.float64) < torch.sigmoid(0.8 * x)).double()
     closed_form = (((torch.sigmoid(0.4 * x) - y) * x) ** 2).mean().item()
     batches = [{"x": x[i:i + batch_size], "y": y[i:i + batch_size]} for i in range(0, 50, batch_size)]
-    fisher = continual.fisher_diagonal(Logistic(0.4), batches, _logistic_nll)
-    assert fisher["w"].item() == pytest.approx(closed_form, rel=1e-12)
+    fisher = continual.fisher_diagonal(Line(0.4), batches, _logistic_nll)
+    assert fisher["theta"].item() == pytest.approx(closed_form, rel=1e-12)
     # the squared gradient of each batch's mean loss: what a per-batch Fisher would report, far smaller
     batch_means = np.mean([(((torch.sigmoid(0.4 * b["x"]) - b["y"]) * b["x"]).mean() ** 2).item() for b in batches])
     assert batch_size == 1 or batch_means < 0.8 * closed_form
