@@ -1,12 +1,13 @@
 """cookbook.planning.memory against the ZeRO paper's worked example, Korthikanti et al.'s formula and hand counts."""
 
 import re
+import types
 
 import pytest
-from transformers import DeepseekV3Config
+from transformers import DeepseekV3Config, LlamaConfig
 
 from cookbook import planning
-from tests.planning.configs import llama
+from tests.planning.configs import LLAMA, llama
 
 
 @pytest.mark.parametrize("stage, per_gpu", [(0, 120.0), (1, 31.4), (2, 16.6), (3, 1.9)])
@@ -186,3 +187,26 @@ def test_kv_cache_batch_and_bytes_per_value():
         planning.kv_cache_memory(config, 0, 5)
     with pytest.raises(ValueError, match="^seq_len must be a positive int, got 0$"):
         planning.kv_cache_memory(config, 1, 0)
+
+
+def test_gathered_layers_counted_exactly_from_two_gpus_on():
+    config = llama()  # per layer: q 16x16, k and v 16x8, o 16x16, gate/up 16x24, down 24x16, two norms of 16
+    layer = 2 * 16 * 16 + 2 * 16 * 8 + 3 * 16 * 24 + 2 * 16
+    est = planning.training_memory(config, zero_stage=3, n_gpus=2)
+    assert est["gathered"] == pytest.approx(2 * layer * 2 / 1e9, rel=1e-12)  # two bf16 layers, not 1 + layer
+    offloaded = planning.training_memory(config, zero_stage=3, n_gpus=1, offload_optimizer=True, offload_params=True)
+    assert offloaded["gathered"] == est["gathered"]  # one GPU but weights on the CPU: they are gathered too
+    no_layers = LlamaConfig(**{**LLAMA, "num_hidden_layers": 0})
+    assert planning.training_memory(no_layers, zero_stage=3, n_gpus=2)["gathered"] == 0
+
+
+def test_kv_cache_without_a_kv_head_count_uses_the_attention_heads():
+    config = types.SimpleNamespace(num_hidden_layers=2, num_attention_heads=4, hidden_size=16)  # GPT-2 style
+    assert planning.kv_cache_memory(config, 1, 10) == 2 * 2 * 4 * 4 * 10 * 2 / 1e9
+
+
+@pytest.mark.parametrize("args, message", [((2, 0), "seq_len must be a positive int, got 0"),
+                                           ((0, 8), "micro_batch must be a positive int, got 0")])
+def test_activation_memory_messages(args, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        planning.activation_memory(llama(), *args)
