@@ -222,8 +222,9 @@ def test_seeded_run_is_pinned():
     history = train.Trainer(models.build("tiny", VOCAB, seed=0), _loader(), config=_config(steps=6)).fit()
     assert history["loss"].iloc[0] == pytest.approx(FIRST_LOSS, abs=1e-6)
     assert history["loss"].iloc[-1] == pytest.approx(LAST_LOSS, abs=1e-6)
-    # the pins against an independent value: a freshly initialised model predicts about uniformly, ln V = 4.585
-    assert abs(FIRST_LOSS - math.log(VOCAB)) < 0.01 and LAST_LOSS < math.log(VOCAB) - 0.2
+    # the pins against an independent value: a freshly initialised model predicts about uniformly, ln 96 = 4.564
+    # (a little above: small random logits are not exactly uniform, and cross-entropy is >= ln V on average)
+    assert 0 < FIRST_LOSS - math.log(VOCAB) < 0.05 and LAST_LOSS < math.log(VOCAB) - 0.2
 
 
 def test_evaluate_matches_the_transformers_loss():
