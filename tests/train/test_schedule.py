@@ -61,3 +61,10 @@ def test_adamw_bad_inputs():
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="^the model has no trainable parameters$"):
         train.adamw(model, lr=1e-3)
+
+
+def test_adamw_router_default_ratio_and_fused_on_cuda_by_name():
+    model = models.build("tiny", VOCAB, seed=0)
+    groups = train.adamw(model, lr=0.02).param_groups
+    assert groups[-1]["lr"] == groups[0]["lr"] == 0.02  # router_lr_ratio defaults to 1
+    assert train.adamw(model, lr=0.02, device="cuda").param_groups[0]["fused"] is True  # named device, not moved
