@@ -35,3 +35,16 @@ def test_memory_plot():
     assert len(fig.axes[0].lines) == 2 + 3  # two models + three capacity lines
     with pytest.raises(ValueError, match="at least one row"):
         planning.memory_plot(frame.iloc[:0])
+
+
+def test_memory_plot_draws_the_numbers_it_was_given():
+    frame = pd.DataFrame({"7B": [100.0, 30.0], "13B": [200.0, 60.0]}, index=["ZeRO-0", "ZeRO-3"])
+    parts = pd.DataFrame({"params": [2.0, 0.5], "optimizer": [12.0, 3.0]}, index=frame.index)
+    fig = planning.memory_plot(frame, breakdown=parts, capacities=(40, 80))
+    lines, bars = fig.axes[0].lines, fig.axes[1].patches
+    assert [list(line.get_ydata()) for line in lines[:2]] == [[100.0, 30.0], [200.0, 60.0]]
+    assert [line.get_label() for line in lines] == ["7B", "13B", "40 GB GPU", "80 GB GPU"]
+    assert [line.get_ydata()[0] for line in lines[2:]] == [40, 80]  # horizontal capacity lines
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["ZeRO-0", "ZeRO-3"]
+    # stacked bars: optimizer sits on top of params
+    assert [(b.get_y(), b.get_height()) for b in bars] == [(0, 2.0), (0, 0.5), (2.0, 12.0), (0.5, 3.0)]
