@@ -104,3 +104,26 @@ def test_tf32_switch_covers_convolutions_and_restores_after_an_error():
 
 def test_grad_scaler_follows_the_device():
     assert amp.grad_scaler("fp16", torch.device("cpu"))._device == "cpu"
+
+
+@pytest.mark.parametrize("capability, bf16, expected", [
+    ((7, 5), True, {"fp32": (True, ""), "fp16": (True, ""), "bf16": (True, ""),
+                    "tf32": (False, "TF32 tensor cores need compute capability >= 8.0 (Ampere); this runs as fp32")}),
+    ((8, 0), False, {"fp32": (True, ""), "fp16": (True, ""), "tf32": (True, ""),
+                     "bf16": (False, "this GPU has no bf16 support")}),
+    ((9, 0), True, {"fp32": (True, ""), "fp16": (True, ""), "tf32": (True, ""), "bf16": (True, "")}),
+])
+def test_supported_on_cuda_devices_of_each_generation(monkeypatch, capability, bf16, expected):
+    """The CUDA branch on a CPU machine: the device's capability and bf16 support are stubbed (a T4 is 7.5,
+    an A100 8.0, an H100 9.0); the stub also checks which device was asked about."""
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: asked.append(device) or capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    assert {p: amp.supported(p, "cuda:1") for p in expected} == expected
+    assert set(asked) == {torch.device("cuda:1")}
+
+
+def test_tf32_row_has_fp32s_smallest_normal():
+    table = amp.dtype_table()
+    assert table.loc["tf32", "smallest_normal"] == torch.finfo(torch.float32).tiny == 2.0**-126
+    assert amp.supported("bf16", "meta") == (False, "no autocast for meta")
