@@ -66,11 +66,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check cookbook tests benchmarks notebooks tools
 	$(BIN)/lint-imports
 
+# pytest-xdist: one worker per core (JOBS=1 runs serially). Unit tests are work-stolen; a notebook's cells stay in
+# one worker and one kernel, in order (--dist loadscope, as nbval's README asks).
+JOBS ?= auto
 unit: $(STAMP)
-	COOKBOOK_PROFILE=smoke $(BIN)/python -m pytest -q -m "not browser" tests
+	COOKBOOK_PROFILE=smoke $(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal -m "not browser" tests
 
 nbval: $(STAMP)
-	COOKBOOK_PROFILE=smoke $(BIN)/python -m pytest -q --nbval-lax notebooks
+	COOKBOOK_PROFILE=smoke $(BIN)/python -m pytest -q -n $(JOBS) --dist loadscope --nbval-lax notebooks
 
 # Extra arguments: make lab LAB_ARGS="--port 8890 --no-browser"
 lab: $(STAMP) $(LAB_SETTINGS)

@@ -12,8 +12,10 @@ import torch  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
-    """Each test session writes tokenizers/checkpoints to its own folder, never the user's cache."""
-    monkeypatch.setenv("COOKBOOK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    """Each test session writes tokenizers/checkpoints to its own folder, never the user's cache; pytest-xdist's
+    workers share one (every cache write is an atomic rename), so a tokenizer is trained once, not once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("COOKBOOK_CACHE", str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "cache"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -67,3 +67,29 @@ def test_no_record_dict_is_echoed_and_no_warning_is_printed_twice(path):
         stderr = ["".join(o["text"]) for o in cell.get("outputs", []) if o.get("name") == "stderr"]
         lines = [line for text in stderr for line in text.splitlines() if "Warning" in line]
         assert len(lines) == len(set(lines)), f"a warning printed twice: {lines}"
+
+
+def _commit_of(path: Path) -> str:
+    first = "".join(_texts(_code_cells(json.loads(path.read_text()))[0]))
+    return re.search(r"· commit (\S+) ·", first).group(1)
+
+
+def test_the_book_was_executed_from_one_clean_commit():
+    """One commit reproduces every committed output: none ran with uncommitted changes, all ran at the same commit."""
+    commits = {path.name[:2]: _commit_of(path) for path in NOTEBOOKS}
+    dirty = sorted(n for n, c in commits.items() if c.endswith("+changes"))
+    assert not dirty, f"notebooks {dirty} ran with uncommitted changes: re-run the book on a clean tree"
+    assert len(set(commits.values())) == 1, f"the book ran at several commits: {commits}"
+
+
+_PLOT_CALL = re.compile(r"\bplots\.(?!STYLE\b|smooth\b)\w+\(")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_every_plots_call_leaves_a_figure_and_every_chapter_has_one(path):
+    cells = _code_cells(json.loads(path.read_text()))
+    images = [sum("image/png" in o.get("data", {}) for o in c.get("outputs", [])) for c in cells]
+    for cell, count in zip(cells, images, strict=True):
+        calls = _PLOT_CALL.findall("".join(cell["source"]))
+        assert count >= min(1, len(calls)), f"a cell calls {calls} and shows no figure:\n{''.join(cell['source'])[:300]}"
+    assert sum(images) >= 1, "every chapter shows at least one figure"

@@ -62,8 +62,14 @@ def _documents(recipe: Recipe, work: Path):
     `work` at the first call: installing a package later changes the environment, never a run in progress."""
     frozen, table_file = work / "corpus", work / "licences.json"
     if not frozen.exists():
-        docs, table = (corpus.load(), None) if recipe.corpus == "stdlib" else \
-            licences.permissive_only(sources.environment())
+        if recipe.corpus == "stdlib":
+            docs, table = corpus.load(), None
+        else:
+            docs, table = licences.permissive_only(sources.environment())
+            # the smoke profile's held-out stdlib files stay unseen, so the chapters that start from this model
+            # in smoke report honest held-out figures
+            unseen = {f"stdlib/{path}" for path in corpus.split(corpus.load())["validation"]["path"]}
+            docs = docs.filter(lambda batch: [p not in unseen for p in batch["path"]], batched=True)
         with env.quiet_progress():
             docs.save_to_disk(str(frozen))
         table_file.write_text(json.dumps(table, indent=1))

@@ -1,9 +1,9 @@
-"""Figures in one consistent style; every function returns the matplotlib Figure so you can save it.
+"""Figures in one consistent style; every function shows its figure in a notebook and returns it to save.
 
 base (figure, bar, hist, lines, smoothing) · training (loss, gradients, lr, throughput, heatmaps, dashboard).
 """
 
-from cookbook.plots.base import STYLE, bar, figure, hist, lines, smooth
+from cookbook.plots.base import STYLE, bar, figure, hist, lines, show, smooth
 from cookbook.plots.training import (
     dashboard,
     expert_load_heatmap,
@@ -15,4 +15,4 @@ from cookbook.plots.training import (
 )
 
 __all__ = ["STYLE", "bar", "dashboard", "expert_load_heatmap", "figure", "grad_norm_heatmap", "grad_norms", "hist",
-           "lines", "loss_curves", "lr_schedule", "smooth", "throughput"]
+           "lines", "loss_curves", "lr_schedule", "show", "smooth", "throughput"]

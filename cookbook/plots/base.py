@@ -1,4 +1,4 @@
-"""Figures in one consistent style. Every function returns the matplotlib Figure so you can save it."""
+"""Figures in one consistent style. Every function shows its figure in a notebook and returns it so you can save it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython import get_ipython
+from IPython.core.pylabtools import print_figure
+from IPython.display import Image, display
 
-__all__ = ["STYLE", "bar", "figure", "hist", "lines", "smooth"]
+__all__ = ["STYLE", "bar", "figure", "hist", "lines", "show", "smooth"]
 
 STYLE = {
     "figure.dpi": 80,  # small PNGs keep committed notebooks light
@@ -35,8 +38,25 @@ def figure(ncols: int = 1, width: float = 6.0, height: float = 3.6, nrows: int =
     return fig, axes
 
 
-def _close(fig):
-    plt.close(fig)  # notebooks show the returned figure once, not twice
+def show(fig):
+    """Show `fig` where it is made (in a notebook kernel; nowhere else), close it, and return it.
+
+    A figure returned by a call that is not the cell's last expression (a trailing `;`, an assignment, a loop)
+    would otherwise be lost. Returned as the last expression of the same cell it is not shown a second time;
+    displayed again in a later cell, it is. Every `plots.*` function ends with it. Shown in notebooks/04 on.
+    """
+    plt.close(fig)  # pyplot forgets it: no second copy when the cell ends
+    shell = get_ipython()
+    if getattr(shell, "kernel", None) is None:
+        return fig
+    display(fig)
+    shown_in = shell.execution_count
+
+    def _ipython_display_():  # IPython calls this instead of rendering the figure (IPython.core.formatters)
+        if get_ipython().execution_count != shown_in:
+            display(Image(print_figure(fig, "png", bbox_inches="tight")))
+
+    fig._ipython_display_ = _ipython_display_
     return fig
 
 
@@ -57,7 +77,7 @@ def bar(values: Mapping[str, float], *, title: str = "", ylabel: str = "", log: 
     ax.set_xlabel(ylabel) if horizontal else ax.set_ylabel(ylabel)
     if not horizontal and max(len(n) for n in names) > 6:
         ax.tick_params(axis="x", labelrotation=30)
-    return _close(fig)
+    return show(fig)
 
 
 def hist(values: Sequence[float], *, bins: int = 50, title: str = "", xlabel: str = "", log: bool = False,
@@ -80,7 +100,7 @@ def hist(values: Sequence[float], *, bins: int = 50, title: str = "", xlabel: st
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
-    return _close(fig)
+    return show(fig)
 
 
 def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], *, title: str = "", xlabel: str = "",
@@ -102,7 +122,7 @@ def lines(x: Sequence[float], series: Mapping[str, Sequence[float]], *, title: s
     if logy:
         ax.set_yscale("log")
     ax.legend()
-    return _close(fig)
+    return show(fig)
 
 
 def smooth(values, weight: float = 0.8) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 
-from cookbook.plots.base import _close, figure, smooth
+from cookbook.plots.base import figure, show, smooth
 
 __all__ = ["dashboard", "expert_load_heatmap", "grad_norm_heatmap", "grad_norms", "loss_curves", "lr_schedule",
            "throughput"]
@@ -100,7 +100,7 @@ def loss_curves(run, *, smoothing: float = 0.8, threshold: float | None = None, 
     _draw_loss(ax, _history(run), weight=smoothing, threshold=threshold, early_stop=early_stop, alerts=alerts,
                logy=logy)
     ax.set_title(title)
-    return _close(fig)
+    return show(fig)
 
 
 def _draw_grad(ax, frame, clip=None) -> None:
@@ -120,7 +120,7 @@ def grad_norms(run, *, clip: float | None = 1.0):
     """Global gradient norm over steps (log scale) with the clipping threshold."""
     fig, (ax,) = figure()
     _draw_grad(ax, _history(run), clip)
-    return _close(fig)
+    return show(fig)
 
 
 def _draw_lr(ax, frame) -> None:
@@ -136,7 +136,7 @@ def lr_schedule(run):
     """The learning rate over steps (warm-up then decay, as the scheduler actually applied it)."""
     fig, (ax,) = figure()
     _draw_lr(ax, _history(run))
-    return _close(fig)
+    return show(fig)
 
 
 def _draw_throughput(ax, frame) -> None:
@@ -163,7 +163,7 @@ def throughput(run):
     """Tokens/s (left axis) and memory (right axis: peak CUDA memory, else process RSS) over steps."""
     fig, (ax,) = figure()
     _draw_throughput(ax, _history(run))
-    return _close(fig)
+    return show(fig)
 
 
 def _draw_heatmap(fig, ax, table, *, title, xlabel, ylabel, label, log=False, center=None, under=None):
@@ -206,7 +206,7 @@ def grad_norm_heatmap(layer_norms, *, vanish: float | None = 1e-6, title: str = 
     _check_layer_norms(layer_norms)
     fig, (ax,) = figure(height=max(3.0, 0.22 * max(1, layer_norms.shape[1]) + 1.2))
     _draw_layers(fig, ax, layer_norms, vanish, title)
-    return _close(fig)
+    return show(fig)
 
 
 def _check_layer_norms(layer_norms) -> None:
@@ -271,7 +271,7 @@ def expert_load_heatmap(load, *, layer: str | None = None, title: str = "expert 
     fig, (ax,) = figure()
     if load is None or len(load) == 0:
         _missing(ax, "expert load", getattr(load, "columns", []))
-        return _close(fig)
+        return show(fig)
     if set(_LONG) <= set(load.columns):
         if layer is None:  # the layer whose busiest expert is furthest above fair over the run
             table = load.groupby(["layer", "expert"])["tokens"].sum().unstack()
@@ -289,7 +289,7 @@ def expert_load_heatmap(load, *, layer: str | None = None, title: str = "expert 
     _draw_heatmap(fig, ax, share, title=title, xlabel="expert", ylabel=ylabel, label="load / fair share", center=1.0)
     _ticks(ax, table.columns, "x", most=32)
     _ticks(ax, table.index, "y")
-    return _close(fig)
+    return show(fig)
 
 
 def _draw_ratio(ax, frame) -> None:
@@ -337,4 +337,4 @@ def dashboard(run, *, clip: float | None = 1.0, threshold: float | None = None, 
         _draw_imbalance(axes[5], frame)
     if title:
         fig.suptitle(title, fontweight="bold")
-    return _close(fig)
+    return show(fig)
