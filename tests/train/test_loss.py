@@ -3,11 +3,14 @@
 import contextlib
 import math
 import re
+import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cookbook import models, train
+from cookbook.train.loss import decoder_and_head
 from tests.blocks import VOCAB
 
 
@@ -169,3 +172,77 @@ def test_backward_micro_batches_messages_in_full(kwargs, message):
     with pytest.raises(ValueError, match=r"^the micro-batches hold no target tokens \(all labels are -100 or"):
         train.backward_micro_batches(_Weighted(), [torch.ones(2, 1, dtype=torch.long)], device="cpu",
                                      loss_fn=_Weighted.loss_fn)
+
+
+def test_steps_normalisation_of_a_single_target_micro_batch_and_a_fractional_external_count():
+    model = _Weighted()
+    one_target = [torch.tensor([[4, 5]])]  # ids sum 9, one target
+    assert train.backward_micro_batches(model, one_target, device="cpu", loss_fn=_Weighted.loss_fn,
+                                        normalize="steps").item() == 9.0
+    # a rank's share of the step's targets can be fractional (global count / ranks): 0.5 is a valid divisor
+    assert train.backward_micro_batches(model, one_target, device="cpu", loss_fn=_Weighted.loss_fn,
+                                        n_targets=0.5).item() == 18.0
+
+
+def test_the_attention_mask_reaches_the_model():
+    """Left padding: with the mask passed, the padded sequence's loss is the unpadded one's (RoPE is relative);
+    without it the padding would be attended to."""
+    model = models.build("tiny", VOCAB, seed=0, experts_implementation="eager").double().eval()
+    ids = torch.tensor([[5, 9, 2, 7, 3]])
+    padded = {"input_ids": torch.tensor([[0, 0, 5, 9, 2, 7, 3]]), "attention_mask": torch.tensor([[0, 0, 1, 1, 1, 1, 1]]),
+              "labels": torch.tensor([[-100, -100, -100, 9, 2, 7, 3]])}  # the first real token is no target
+    with torch.no_grad():
+        alone = train.token_loss(model, {"input_ids": ids, "labels": ids}).item()
+        assert train.token_loss(model, padded).item() == pytest.approx(alone, rel=1e-9)
+        assert train.fused_token_loss(model, padded).item() == pytest.approx(alone, rel=1e-9)
+        unmasked = {k: v for k, v in padded.items() if k != "attention_mask"}
+        assert train.token_loss(model, unmasked).item() != pytest.approx(alone, rel=1e-6)  # the check can fail
+
+
+def test_accumulation_error_is_the_relative_norm_by_hand():
+    model = models.build("tiny", VOCAB, seed=0, experts_implementation="eager").double()
+    micro = [_padded([12, 3]), _padded([2], 3)]
+    table = train.accumulation_error(model, micro)
+    train.backward_micro_batches(model, [train.batches.concat_batches([train.batches.as_batch(b) for b in micro])])
+    reference = _grad(model)
+    train.backward_micro_batches(model, micro, normalize="steps")
+    steps = _grad(model)
+    expected = ((steps - reference).norm() / reference.norm()).item()
+    assert table.loc["steps", "relative_gradient_error"] == pytest.approx(expected, rel=1e-6)
+    assert all(p.grad is None for p in model.parameters())  # it leaves no gradients behind
+
+
+def test_fused_loss_checks_in_full():
+    hidden, weight, targets = torch.zeros(2, 4, 4), torch.zeros(5, 4), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match=re.escape("need hidden (tokens, h), weight (vocab, h) and targets (tokens,); "
+                                                   "got (2, 4, 4), (5, 4), (2,)")):
+        train.linear_cross_entropy(hidden, weight, targets)  # a 3-D hidden whose dims happen to fit elsewhere
+    with pytest.raises(ValueError, match="^chunk_tokens must be a positive int, got 0$"):
+        train.fused_token_loss(models.build("tiny", VOCAB, seed=0), _padded([4]), chunk_tokens=0)
+
+    class HeadOnly(torch.nn.Module):  # an output head but no decoder stack
+        def get_output_embeddings(self):
+            return torch.nn.Linear(4, 4, bias=False)
+
+    with pytest.raises(TypeError, match=r"^fused_token_loss needs .* bias-free head; HeadOnly is not one: use token_loss$"):
+        decoder_and_head(HeadOnly())
+
+
+def test_decoder_and_head_of_a_compiled_wrapper_and_a_head_without_a_bias_attribute():
+    model = models.build("tiny", VOCAB, seed=0)
+    wrapper = types.SimpleNamespace(_orig_mod=model)  # what torch.compile returns keeps the module here
+    body, head = decoder_and_head(wrapper)
+    assert body is model.model and head is model.lm_head
+    tied = types.SimpleNamespace(model=model.model, get_output_embeddings=lambda: model.model.embed_tokens)
+    assert decoder_and_head(tied)[1] is model.model.embed_tokens  # an nn.Embedding has no bias attribute at all
+
+
+def test_linear_cross_entropy_projects_in_the_autocast_dtype():
+    gen = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(6, 8, generator=gen), torch.randn(11, 8, generator=gen)
+    targets = torch.tensor([1, 2, 3, -100, 4, 5])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = train.linear_cross_entropy(hidden, weight, targets)
+    logits = (hidden.bfloat16() @ weight.bfloat16().T).float()  # bf16 matmul, float32 softmax
+    assert got.item() == pytest.approx(F.cross_entropy(logits, targets, reduction="sum").item(), rel=1e-5)
+    assert got.item() != pytest.approx(F.cross_entropy(hidden @ weight.T, targets, reduction="sum").item(), rel=1e-5)
