@@ -1,7 +1,9 @@
 """Mixture of experts: router discovery, load counting (padding left out), MaxVio, DeepSeek-V3's balancing."""
 
+import pandas as pd
 import pytest
 import torch
+import transformers
 
 from cookbook import models, train
 from cookbook.models import moe
@@ -307,3 +309,76 @@ def test_expert_load_respects_mask_and_training_mode(tiny):
 def test_expert_load_on_dense_model_is_an_error():
     with pytest.raises(ValueError, match="no MoE router"):
         models.expert_load(models.build_dense(models.config("tiny", VOCAB)), torch.zeros(1, 4, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- edges found by mutation testing
+def test_routers_need_both_a_bias_and_top_k():
+    """Mixtral's router has a top_k but no correction bias: not a DeepSeek router, so not found."""
+    mixtral = transformers.MixtralForCausalLM(transformers.MixtralConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2))
+    assert any(hasattr(m, "top_k") for m in mixtral.modules()) and moe.routers(mixtral) == []
+    with pytest.raises(ValueError, match=r"^the model has no MoE router \(a top-k router with `e_score_correction_"
+                                         r"bias`, as in DeepSeek-V3\); is it a dense model\?$"):
+        moe.LoadCounter(mixtral)
+
+
+def test_layer_label_of_a_router_named_by_its_block_alone():
+    assert moe._layer_label("model.layers.3") == "layers.3" and moe._layer_label("gate") == "gate"
+
+
+def test_max_violation_of_shares_and_of_an_integer_frame():
+    assert moe.max_violation([0.5, 0.25, 0.25, 0.0]).item() == pytest.approx(1.0)  # mean 0.25 < 1: no clamp
+    frame = pd.DataFrame([[3, 1], [2, 2]])  # int64 counts, as expert_load returns them
+    assert moe.max_violation(frame).tolist() == [0.5, 0.0]
+
+
+def test_sequence_aux_loss_with_more_tokens_than_experts():
+    """Shapes differ on every axis (2 sequences x 5 tokens, 3 experts, top-2), against the explicit loops."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(10, 3, generator=gen)
+    indices = logits.topk(2, dim=-1).indices
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert moe.sequence_aux_loss(logits, indices, mask).item() == pytest.approx(_reference_aux(logits, indices, mask))
+
+
+def test_counter_frame_names_its_axes_and_takes_given_counts(tiny):
+    counter = moe.LoadCounter(tiny)
+    frame = counter.frame(torch.tensor([[4, 0, 1, 0, 0, 0, 0, 3]]))
+    assert frame.index.name == "layer" and frame.columns.name == "expert"
+    assert list(frame.index) == ["layers.1"] and list(frame.columns) == list(range(8))
+    assert frame.loc["layers.1"].tolist() == [4, 0, 1, 0, 0, 0, 0, 3]
+    counter.remove()
+    counter.remove()  # idempotent
+
+
+def test_a_router_called_on_flat_tokens_or_positionally_counts_every_token(tiny):
+    counter = moe.LoadCounter(tiny)
+    router = counter.routers[0][1]
+    k = tiny.config.num_experts_per_tok
+    with counter.recording():
+        router(torch.randn(5, tiny.config.hidden_size))  # already flat: 5 tokens
+    assert counter.take().sum().item() == 5 * k and counter.counts.dtype == torch.long
+    with counter.recording():
+        tiny(torch.randint(0, VOCAB, (2, 6)))  # input_ids only, positionally: no mask, every token real
+    assert counter.take().sum().item() == 2 * 6 * k
+
+
+def test_balancer_defaults_and_load_fraction_by_hand(tiny):
+    balancer = moe.LoadBalancer(tiny)
+    assert (balancer.gamma, balancer.alpha) == (1e-3, 0.0)  # DeepSeek-V3's bias update speed; no aux loss
+    assert balancer.last_load.tolist() == [[0] * 8] and balancer.aux_loss().item() == 0.0
+    balancer.counts = torch.tensor([[1, 0, 0, 0, 0, 0, 0, 0]])
+    balancer.update_bias()
+    assert balancer.load_fraction().tolist() == [[1.0] + [0.0] * 7]  # a single routed slot: the whole share
+    balancer.counts = torch.tensor([[2, 2, 0, 0, 4, 0, 0, 0]])
+    balancer.update_bias()
+    assert balancer.load_fraction().tolist() == [[0.25, 0.25, 0, 0, 0.5, 0, 0, 0]]
+
+
+def test_aux_loss_with_alpha_one_is_the_sum_of_layer_losses(tiny):
+    balancer = moe.LoadBalancer(tiny, alpha=1.0)
+    with balancer.recording():
+        tiny(torch.randint(0, VOCAB, (2, 6)))
+    aux = balancer.aux_loss()
+    assert aux.item() > 0 and aux.item() == pytest.approx(torch.stack(balancer._aux).sum().item())
