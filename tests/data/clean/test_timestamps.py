@@ -156,3 +156,32 @@ def test_dst_change_in_a_pipeline_removes_the_row_and_goes_on():
     assert result.frame["t"].tolist() == [pd.Timestamp("2024-11-03 05:30", tz="UTC"),
                                           pd.Timestamp("2024-07-01 16:00", tz="UTC")]
     assert result.frame["v"].tolist() == [3.0, 0.0]
+
+
+@pytest.mark.parametrize("errors, rows, note", [
+    ("remove", [0, 4], "2 timestamps standardized to UTC; 1 bad (removed)"),
+    ("coerce", [0, 2, 4], "3 timestamps standardized to UTC; 1 bad (set to NaT)"),
+])
+def test_to_utc_change_log_note_and_warning_in_full(errors, rows, note):
+    plus_one = dt.timezone(dt.timedelta(hours=1))
+    df = pd.DataFrame({"t": ["2024-03-05T10:00:00+02:00", "2024-03-05 08:00:00+00:00", "not a date", None,
+                             dt.datetime(2024, 1, 1, tzinfo=plus_one)]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = clean.to_utc(df, "t", errors=errors)
+    assert [str(w.message) for w in caught] == [
+        "column 't' has 1 bad timestamp(s): row 2 unparseable; " + ("rows removed" if errors == "remove" else "set to NaT")]
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+    assert result.note == note
+    # by hand: 10:00 at +02:00 is 08:00 UTC; midnight at +01:00 is 23:00 UTC the day before; row 1 is already
+    # written as the UTC instant, row 3 is missing: neither is a change
+    expected = {0: ("2024-03-05T10:00:00+02:00", pd.Timestamp("2024-03-05 08:00", tz="UTC"), "converted from UTC+02:00"),
+                2: ("not a date", pd.NaT, "unparseable"),
+                4: (dt.datetime(2024, 1, 1, tzinfo=plus_one), pd.Timestamp("2023-12-31 23:00", tz="UTC"),
+                    "converted from UTC+01:00")}
+    assert list(result.changed.columns) == ["row", "column", "before", "after", "reason"]
+    assert result.changed["row"].tolist() == rows and set(result.changed["column"]) == {"t"}
+    for row, before, after, reason in result.changed[["row", "before", "after", "reason"]].itertuples(index=False):
+        assert (before, reason) == (expected[row][0], expected[row][2])
+        assert after == expected[row][1] or (pd.isna(after) and pd.isna(expected[row][1]))
+    assert len(result.frame) == (4 if errors == "remove" else 5)
