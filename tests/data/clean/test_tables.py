@@ -1,6 +1,7 @@
 """Cleaning rules, the pipeline report and its nothing-lost invariant, mojibake repair (timestamps and text
 cleaning have their own test modules)."""
 
+import functools
 import warnings
 
 import numpy as np
@@ -232,3 +233,38 @@ def test_map_text_applies_a_text_function_with_a_report():
     result = clean.map_text(df, "note", clean.mask_pii)
     assert result.frame["note"].tolist()[:2] == ["mail <EMAIL>", "nothing"]
     assert result.changed["row"].tolist() == [0] and result.note == "mask_pii"
+
+
+def _drop_all(df):
+    no_changes = pd.DataFrame(columns=["row", "column", "before", "after", "reason"])
+    return clean.RuleResult(df.iloc[:0], df, no_changes, "dropped everything")
+
+
+def _keep_all(df):
+    return clean.RuleResult(df, df.iloc[:0], pd.DataFrame(columns=["row", "column", "before", "after", "reason"]))
+
+
+def test_pipeline_summary_after_every_row_is_gone_written_out():
+    df = pd.DataFrame({"x": [1, 2, 3]})
+    unnamed = functools.partial(_keep_all)  # no __name__: the summary names it by repr
+    with pytest.warns(UserWarning, match=r"^the pipeline removed all 3 rows; see result.removed$"):
+        result = clean.pipeline(df, [_keep_all, _drop_all, unnamed, _keep_all])
+    assert result.summary.to_dict("records") == [
+        {"rule": "_keep_all", "rows in": 3, "rows out": 3, "rows removed": 0, "cells changed": 0, "note": ""},
+        {"rule": "_drop_all", "rows in": 3, "rows out": 0, "rows removed": 3, "cells changed": 0,
+         "note": "dropped everything"},
+        {"rule": repr(unnamed), "rows in": 0, "rows out": 0, "rows removed": 0, "cells changed": 0,
+         "note": "skipped: no rows left"},
+        {"rule": "_keep_all", "rows in": 0, "rows out": 0, "rows removed": 0, "cells changed": 0,
+         "note": "skipped: no rows left"},  # every later rule is listed, not only the first
+    ]
+    assert result.removed["removed_by"].tolist() == ["_drop_all"] * 3
+    assert result.removed["reason"].tolist() == ["dropped everything"] * 3
+
+
+def test_pipeline_messages_in_full():
+    df = pd.DataFrame({"x": [1]})
+    with pytest.raises(ValueError, match="^pipeline needs at least one rule$"):
+        clean.pipeline(df, [])
+    with pytest.raises(TypeError, match="^rule <lambda> returned DataFrame, not a RuleResult$"):
+        clean.pipeline(df, [lambda frame: frame])
