@@ -268,3 +268,54 @@ def test_pipeline_messages_in_full():
         clean.pipeline(df, [])
     with pytest.raises(TypeError, match="^rule <lambda> returned DataFrame, not a RuleResult$"):
         clean.pipeline(df, [lambda frame: frame])
+
+
+def test_iqr_fences_are_inclusive_and_reported():
+    df = pd.DataFrame({"x": [1.0, 2, 3, 4, 5]})  # Q1 = 2, Q3 = 4, IQR = 2 (linear quartiles, by hand)
+    assert len(clean.iqr_outliers(df, "x", k=0.5).frame) == 5  # fences 1 and 5: on the fence is kept
+    result = clean.iqr_outliers(df, "x", k=0.25)  # fences 1.5 and 4.5
+    assert result.frame["x"].tolist() == [2.0, 3.0, 4.0] and result.note == "2 rows outside [1.5, 4.5]"
+    assert result.reasons.to_dict() == {0: "1 outside [1.5, 4.5]", 4: "5 outside [1.5, 4.5]"}
+    assert len(clean.iqr_outliers(df, "x").frame) == 5  # default k = 1.5: fences -1 and 7
+    with pytest.raises(ValueError, match="^k must be positive, got 0$"):
+        clean.iqr_outliers(df, "x", k=0)
+
+
+def test_zscore_threshold_is_strict_and_defaults_to_three():
+    # one value a among n - 1 zeros has |z| = sqrt(n - 1): exactly 3.0 for n = 10 (mean 1, std 3, z = 9 / 3)
+    ten = pd.DataFrame({"x": [0.0] * 9 + [10.0]})
+    assert len(clean.zscore_outliers(ten, "x").frame) == 10  # |z| = 3 is not > 3
+    eleven = pd.DataFrame({"x": [0.0] * 10 + [11.0]})  # |z| = sqrt(10) = 3.16
+    result = clean.zscore_outliers(eleven, "x")
+    assert len(result.frame) == 10 and result.note == "1 rows with |z| > 3.0"
+    assert result.reasons.to_dict() == {10: "|z| = 3.16 > 3.0"}
+    assert len(clean.zscore_outliers(eleven, "x", threshold=4.0).frame) == 11
+    assert len(clean.zscore_outliers(ten, "x", threshold=0.5).frame) == 9  # thresholds below 1 are allowed
+    with pytest.raises(ValueError, match="^threshold must be positive, got 0$"):
+        clean.zscore_outliers(ten, "x", threshold=0)
+
+
+def test_zscore_without_spread_warns_at_the_caller_and_keeps_every_row():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = clean.zscore_outliers(pd.DataFrame({"x": [2.0, 2.0, 2.0]}), "x")
+    assert [str(w.message) for w in caught] == ["column 'x' has no spread (std=0.0); no outliers removed"]
+    assert caught[0].filename == __file__ and result.note == "no spread" and len(result.frame) == 3
+    assert result.removed.empty and result.changed.empty
+
+
+def test_fill_missing_mode_ignores_missing_and_messages_in_full():
+    df = pd.DataFrame({"c": [None, None, None, "b", "a", "a"]})  # missing is the most common "value"
+    result = clean.fill_missing(df, "c", "mode")
+    assert result.frame["c"].tolist() == ["a", "a", "a", "b", "a", "a"]
+    assert result.note == "3 missing filled with mode = 'a'" and result.changed["row"].tolist() == [0, 1, 2]
+    assert set(result.changed["reason"]) == {"missing: filled with mode = 'a'"}
+    with pytest.raises(ValueError, match=r"^column 'c' has dtype \w+, not numeric"):
+        clean.fill_missing(df, "c", "median")
+    with pytest.raises(ValueError, match="^strategy='constant' needs a fill value$"):
+        clean.fill_missing(df, "c", "constant")
+    with pytest.raises(ValueError, match=r"^column 'x' is all missing \(2 rows\): there is no mean to fill with; "
+                                         r"use strategy='constant' or drop the column$"):
+        clean.fill_missing(pd.DataFrame({"x": [np.nan, np.nan]}), "x", "mean")
+    full = clean.fill_missing(pd.DataFrame({"x": [1.0, 3.0]}), "x")
+    assert full.changed.empty and full.frame["x"].tolist() == [1.0, 3.0] and full.note.startswith("0 missing")
