@@ -319,3 +319,34 @@ def test_fill_missing_mode_ignores_missing_and_messages_in_full():
         clean.fill_missing(pd.DataFrame({"x": [np.nan, np.nan]}), "x", "mean")
     full = clean.fill_missing(pd.DataFrame({"x": [1.0, 3.0]}), "x")
     assert full.changed.empty and full.frame["x"].tolist() == [1.0, 3.0] and full.note.startswith("0 missing")
+
+
+def test_fix_unicode_change_log_written_out():
+    df = pd.DataFrame({"t": [b"caf\xe9", "cafe\u0301", "ok", "caf\u00c3\u00a9", "cafe\u0301".encode()]},
+                      index=[10, 11, 12, 13, 14])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = clean.fix_unicode(df, "t")
+    assert [str(w.message) for w in caught] == ["column 't': rows 10 were not valid UTF-8; decoded as cp1252"]
+    assert caught[0].filename == __file__ and result.note == "1 mojibake repaired, 1 non-UTF-8 cells"
+    records = result.changed.to_dict("records")
+    assert [(r["row"], r["after"]) for r in records] == [(10, "caf\u00e9"), (11, "caf\u00e9"), (13, "caf\u00e9"),
+                                                       (14, "caf\u00e9")]  # 0xE9 in cp1252, NFC, ftfy, UTF-8 + NFC
+    assert [r["reason"] for r in records][:3] == ["bytes not valid UTF-8: decoded as cp1252", "normalized to NFC",
+                                                  "mojibake repaired by ftfy: encode latin-1, decode utf-8"]
+    assert records[3]["reason"].endswith("; normalized to NFC")  # two steps on one cell, joined by "; "
+    assert set(result.changed.columns) == {"row", "column", "before", "after", "reason"}
+    assert records[0]["before"] == b"caf\xe9" and {r["column"] for r in records} == {"t"}
+    for form, text, expected in [("NFKC", "\ufb01", "fi"), ("NFD", "\u00e9", "e\u0301"), ("NFKD", "\u00b2", "2")]:
+        assert clean.fix_unicode(pd.DataFrame({"t": [text]}), "t", form=form).frame["t"].tolist() == [expected]
+    with pytest.raises(ValueError, match=r"^form must be a Unicode normal form \(NFC, NFKC, NFD, NFKD\), got 'nfc'$"):
+        clean.fix_unicode(df, "t", form="nfc")
+
+
+def test_normalize_whitespace_and_map_text_change_logs():
+    ws = clean.normalize_whitespace(pd.DataFrame({"t": ["  a \t b\x00 ", "ok"]}), "t")
+    assert ws.changed.to_dict("records") == [
+        {"row": 0, "column": "t", "before": "  a \t b\x00 ", "after": "a b", "reason": "whitespace or control characters"}]
+    upper = clean.map_text(pd.DataFrame({"t": ["ab", "c"]}), "t", functools.partial(str.upper))  # no __name__
+    assert upper.note == "text function" and upper.changed["reason"].tolist() == ["text function"] * 2
+    assert clean.map_text(pd.DataFrame({"t": ["ab"]}), "t", str.upper).note == "upper"
