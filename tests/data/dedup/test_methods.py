@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from cookbook.data import dedup, synthetic
-from cookbook.data.dedup import embeddings, methods
+from cookbook.data.dedup import DedupReport, embeddings, methods
 
 BASE = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\nprint(add(1, 2), sub(3, 4))\n"
 
@@ -132,3 +132,42 @@ def test_semantic_with_the_offline_minilm_groups_paraphrases():
     report = dedup.semantic(texts, embeddings=vectors, threshold=0.9)
     assert report.clusters == [[0, 1]]
     assert report.nearest[2] < 0.5
+
+
+def _report(clusters, n, seconds=1.23456):
+    keep = np.ones(n, bool)
+    keep[[i for c in clusters for i in c[1:]]] = False
+    return DedupReport("exact", n, clusters, keep, {}, seconds, pd.DataFrame(columns=["i", "j", "similarity"]))
+
+
+def test_report_summary_and_table_written_out():
+    report = _report([[0, 2, 4, 5, 7, 8], [1, 3]], 9)
+    assert report.summary() == {"method": "exact", "documents": 9, "clusters": 2, "largest cluster": 6,
+                                "removed": 6, "removed fraction": 0.6667, "seconds": 1.23}  # 6 / 9, rounded by hand
+    names = [f"doc{i}" for i in range(9)]
+    assert report.table(names, max_members=2).to_dict("records") == [
+        {"size": 6, "kept": "doc0", "duplicates": "doc2, doc4, … +3"},  # 6 = kept + 2 shown + 3 more
+        {"size": 2, "kept": "doc1", "duplicates": "doc3"}]
+    assert report.table(max_members=5).to_dict("records")[0] == {"size": 6, "kept": "0", "duplicates": "2, 4, 5, 7, 8"}
+    assert report.table().loc[0, "duplicates"] == "2, 4, 5, 7, … +1"  # default: four members shown
+    empty = _report([], 0)
+    assert empty.summary()["largest cluster"] == 0 and empty.summary()["removed fraction"] == 0.0
+    assert list(empty.table().columns) == ["size", "kept", "duplicates"] and empty.table().empty
+    with pytest.raises(ValueError, match="^report covers 9 documents but data has 3$"):
+        report.apply(["a", "b", "c"])
+
+
+def test_minhash_report_params_pairs_and_an_inclusive_threshold():
+    texts = ["a b c d e f g h", "a b c d e f g x", "p q r s t u v w"]
+    first = methods.minhash(texts, threshold=0.3, num_perm=64, k=2, seed=7)
+    b, r = methods.lsh_params(0.3, 64, 0.99)
+    assert first.method == "minhash" and first.params == dict(threshold=0.3, num_perm=64, k=2, seed=7, bands=b,
+                                                               rows=r, engine="numpy")
+    assert (first.pairs["i"] < first.pairs["j"]).all() and len(first.pairs) >= 1  # each pair once, no self-pairs
+    # 2-word shingles: the first two texts share 6 of 8 distinct ones (7 each), Jaccard 6/8 by hand
+    assert first.pairs.loc[0, ["i", "j"]].tolist() == [0, 1] and first.pairs.loc[0, "similarity"] == 6 / 8
+    at = methods.minhash(texts, threshold=6 / 8, num_perm=64, k=2, seed=7)
+    assert at.pairs.loc[0, "duplicate"] and at.clusters == [[0, 1]]  # similarity == threshold: a duplicate
+    with pytest.raises(ValueError, match=r"^no column 'text' to deduplicate; columns are \['body'\]$"):
+        methods.minhash(pd.DataFrame({"body": texts}))  # the default column is "text"
+    assert methods.minhash(pd.DataFrame({"text": texts}), threshold=0.3, num_perm=64, k=2, seed=7).clusters == [[0, 1]]
