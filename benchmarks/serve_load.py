@@ -141,7 +141,7 @@ def main() -> None:
                     for pid in (master, *map(int, children)):  # the master and its worker process
                         os.sched_setaffinity(pid, client_cpus)
             else:
-                print(f"no nginx rows: {deploy.install_hint('nginx')}")
+                print(f"no nginx rows: {env.install_hint('nginx')}")
             for c in args.concurrency:  # the ceiling before and after the service runs: a shared machine drifts
                 measure_ceiling(c, "before")
                 for text, group in replicas.items():

@@ -43,6 +43,8 @@ class ModelSizes:
 
     name: str
     sample_tokens: int  # new tokens when sampling from a model
+    base: str = "pretrained"  # the model chapters 07-14 start from: pretrained (trained here, cached) | reference
+    # (the shipped reference model, cookbook.models.reference(): a CPU cannot pretrain a useful model in minutes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,7 +290,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         data=DataSizes(vocab_size=2048, tokenizer_fraction=0.1, data_fraction=0.1, seq_len=128, semantic_sample=400),
-        model=ModelSizes(name="smoke", sample_tokens=32),
+        model=ModelSizes(name="smoke", sample_tokens=32, base="reference"),
         # CPUs without AVX512-BF16/AMX run bf16 autocast slower than fp32
         train=TrainSizes(steps=60, batch_size=8, lr=3e-3, eval_interval=20, eval_batches=4, precision="fp32",
                          # a longer warm-up keeps the tiny routers from collapsing onto one expert early on

@@ -132,3 +132,25 @@ def test_commit_names_the_code_or_what_the_environment_says(monkeypatch):
     assert re.fullmatch(r"[0-9a-f]{7,}(\+changes)?|unknown", env.commit())
     monkeypatch.setenv("COOKBOOK_COMMIT", "abc1234")  # a copy without .git, told by the GPU pass
     assert env.commit() == "abc1234"
+
+
+def test_optional_tools_found_on_path_missing_or_hidden(tmp_path, monkeypatch):
+    fake = tmp_path / "prometheus"
+    fake.write_text("#!/bin/sh\necho 'prometheus, version 9.9.9 (fake)'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing else: nginx cannot be found even in /usr/sbin here
+    monkeypatch.setattr(env.shutil, "which", lambda name, path=None: str(fake) if name == "prometheus" and path is None
+                        else None)
+    monkeypatch.delenv("COOKBOOK_HIDE_TOOLS", raising=False)
+    monkeypatch.delenv("COOKBOOK_CHROMIUM", raising=False)
+    table = env.optional_tools()
+    assert table.loc["prometheus", "version"] == "prometheus, version 9.9.9 (fake)" and table.loc["prometheus", "install"] == ""
+    assert table.loc["nginx", "version"] == "missing" and "sudo apt-get install nginx" in table.loc["nginx", "install"]
+    assert list(table.index) == ["nginx", "prometheus", "chromium"]
+    monkeypatch.setenv("COOKBOOK_HIDE_TOOLS", "nginx, prometheus")  # CI's stage without the optional programs
+    assert env.find_tool("prometheus") is None
+    monkeypatch.setenv("COOKBOOK_CHROMIUM", "/opt/my/chrome")
+    assert env.find_tool("chromium") == "/opt/my/chrome"
+    assert env.install_hint("chromium").startswith("chromium is not installed (needed by make test-browser): ")
+    with pytest.raises(ValueError, match="unknown optional tool 'redis'; valid: nginx, prometheus, chromium"):
+        env.find_tool("redis")

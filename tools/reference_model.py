@@ -374,11 +374,15 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "cookbook" / "models" / "reference_files")
     parser.add_argument("--until", type=int, default=None, help="train: stop after this step (a checkpoint)")
     parser.add_argument("--measure-steps", type=int, default=12)
+    # one thread: on 2 shared cores a second OpenMP thread mostly waits at barriers (measured 2.5k vs 7.4k tokens/s
+    # with other jobs running); the thread count also fixes the float reduction order a resume must repeat
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     for field in dataclasses.fields(Recipe):
         kind = int if field.name in ("steps",) else type(field.default)
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default)
     args = parser.parse_args(argv)
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)})
+    torch.set_num_threads(args.threads)
     if args.command == "measure":
         _check_recipe(recipe, args.work)
         measure(recipe, args.work, args.measure_steps)

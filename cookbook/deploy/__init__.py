@@ -41,16 +41,13 @@ from cookbook.deploy.service import (
     validate,
 )
 from cookbook.deploy.stack import (
-    OPTIONAL,
     Nginx,
     Process,
     Prometheus,
     Replica,
     Stack,
     Starting,
-    find,
     free_port,
-    install_hint,
     nginx_config,
     require,
     save_for_serving,
@@ -62,10 +59,10 @@ from cookbook.deploy.stack import (
 )
 from cookbook.deploy.triton import check_triton_config, parse_triton_config, triton_config, triton_repository
 
-__all__ = ["EXPERTS_FOR_ONNX", "LATENCY_BUCKETS", "OPTIONAL", "ORT_LEVELS", "PROMPTS", "SERVICE", "AuditLog", "ExportResult",
+__all__ = ["EXPERTS_FOR_ONNX", "LATENCY_BUCKETS", "ORT_LEVELS", "PROMPTS", "SERVICE", "AuditLog", "ExportResult",
            "Generation", "InvalidRequest", "LoadResult", "LogitsOnly", "ModelServer", "OnnxRunner", "Nginx", "Process", "Prometheus",
            "Replica", "ServiceConfig", "Stack", "Starting", "check_input_ids", "check_triton_config", "custom_ops", "dynamic_shapes",
-           "experts_implementation", "export_limits", "find", "fingerprint", "free_port", "install_hint", "generate", "load_sweep", "load_test", "nginx_config",
+           "experts_implementation", "export_limits", "fingerprint", "free_port", "generate", "load_sweep", "load_test", "nginx_config",
            "onnx_export", "onnx_from_program", "ort_session", "parity", "parse_triton_config", "predict", "read_audit", "require",
            "save_for_serving", "scrape", "spawn_replica", "start_nginx", "start_prometheus", "start_replica", "torch_export",
            "torchscript_trace", "triton_config", "triton_repository", "validate"]

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -35,32 +34,15 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from cookbook.checks import positive_int
-from cookbook.env import quiet_progress
+from cookbook.env import find_tool, install_hint, quiet_progress
 
-__all__ = ["OPTIONAL", "Nginx", "Process", "Prometheus", "Replica", "Stack", "Starting", "find", "free_port",
-           "install_hint", "nginx_config", "require", "save_for_serving", "scrape", "spawn_replica", "start_nginx",
+__all__ = ["Nginx", "Process", "Prometheus", "Replica", "Stack", "Starting", "free_port", "nginx_config", "require", "save_for_serving", "scrape", "spawn_replica", "start_nginx",
            "start_prometheus", "start_replica"]
 
-# the optional servers: the same package name on Debian/Ubuntu (apt), macOS (Homebrew) and conda-forge
-OPTIONAL = ("nginx", "prometheus")
-
-
-def install_hint(binary: str) -> str:
-    """One line: `binary` is not installed, and how to install it with apt, brew or conda-forge."""
-    return (f"{binary} is not installed: sudo apt-get install {binary} (Debian/Ubuntu) · brew install {binary} "
-            f"(macOS) · conda install -c conda-forge {binary} (conda)")
-
-
-def find(binary: str) -> str | None:
-    """The path of `binary` on PATH (or in /usr/sbin, where Debian puts nginx), None where it is not installed.
-
-    Shown in notebooks/12 §7."""
-    return shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/local/sbin")
-
-
 def require(binary: str) -> str:
-    """The path of `binary` (`find`), else a FileNotFoundError saying how to install it (`install_hint`)."""
-    found = find(binary)
+    """The path of nginx or prometheus (`cookbook.env.find_tool`), else a FileNotFoundError saying how to install it
+    (`cookbook.env.install_hint`)."""
+    found = find_tool(binary)
     if not found:
         raise FileNotFoundError(install_hint(binary))
     return found
@@ -399,7 +381,7 @@ class Stack:
         start Prometheus scraping them. Spawn early, call this when you need the stack: the models load meanwhile.
 
         `nginx=False` / `prometheus=False` leave that part out (`stack.nginx` / `stack.prometheus` is None): pass
-        `find("nginx") is not None` to use each where it is installed. Anything started before a failure is
+        `cookbook.env.find_tool("nginx") is not None` to use each where it is installed. Anything started before a failure is
         stopped before the error propagates. Shown in notebooks/12 §7.
         """
         if len(starting) != len(weights):

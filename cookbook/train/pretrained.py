@@ -15,7 +15,7 @@ from cookbook.data import corpus, sources, tokenizer
 from cookbook.train.batches import loader
 from cookbook.train.trainer import TrainConfig, Trainer
 
-__all__ = ["pretrained"]
+__all__ = ["base_model", "pretrained"]
 
 
 def pretrained(name: str | None = None, profile: profiles.Profile | str | None = None):
@@ -62,3 +62,17 @@ def pretrained(name: str | None = None, profile: profiles.Profile | str | None =
     except OSError:  # another process finished first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return model, tok
+
+
+def base_model(profile: profiles.Profile | str | None = None):
+    """(model, tokenizer) the chapters after 04 start from: the profile's `model.base`.
+
+    `reference` (smoke): the shipped reference model, pretrained once for ~2 hours on CPU (`models.reference()`);
+    `pretrained` (full): `pretrained()`, the profile's own run, trained here and cached. Shown in notebooks/07-14.
+    """
+    P = profile if isinstance(profile, profiles.Profile) else profiles.profile(profile)
+    if P.model.base == "reference":
+        return models.reference()
+    if P.model.base == "pretrained":
+        return pretrained(profile=P)
+    raise ValueError(f"unknown model.base {P.model.base!r} in profile {P.name!r}; valid: reference, pretrained")

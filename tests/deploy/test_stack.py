@@ -54,8 +54,12 @@ def test_nginx_config_has_the_guides_weights_and_passive_health_checks(tmp_path)
         deploy.nginx_config([("127.0.0.1:1001", 0)], 8080, tmp_path)
 
 
-def test_missing_binary_says_how_to_install():
-    with pytest.raises(FileNotFoundError, match="no-such-server is not installed"):
+def test_missing_binary_says_how_to_install(monkeypatch):
+    monkeypatch.setenv("COOKBOOK_HIDE_TOOLS", "chromium,nginx")  # as CI's stage without the optional programs
+    with pytest.raises(FileNotFoundError, match=r"nginx is not installed \(needed by notebook 12's load balancer\): "
+                                                r"sudo apt-get install nginx · brew install nginx · conda install"):
+        deploy.require("nginx")
+    with pytest.raises(ValueError, match="unknown optional tool 'no-such-server'; valid: nginx, prometheus, chromium"):
         deploy.require("no-such-server")
 
 
