@@ -202,14 +202,16 @@ def test_the_attention_mask_reaches_the_model():
 def test_accumulation_error_is_the_relative_norm_by_hand():
     model = models.build("tiny", VOCAB, seed=0, experts_implementation="eager").double()
     micro = [_padded([12, 3]), _padded([2], 3)]
+    train.backward_micro_batches(model, [_padded([30, 9], 7)])  # stale gradients from an earlier step
     table = train.accumulation_error(model, micro)
+    assert all(p.grad is None for p in model.parameters())  # stale ones discarded, none left behind
+    assert table.equals(train.accumulation_error(model, micro))  # the same as from a clean start
     train.backward_micro_batches(model, [train.batches.concat_batches([train.batches.as_batch(b) for b in micro])])
     reference = _grad(model)
     train.backward_micro_batches(model, micro, normalize="steps")
     steps = _grad(model)
     expected = ((steps - reference).norm() / reference.norm()).item()
     assert table.loc["steps", "relative_gradient_error"] == pytest.approx(expected, rel=1e-6)
-    assert all(p.grad is None for p in model.parameters())  # it leaves no gradients behind
 
 
 def test_fused_loss_checks_in_full():
@@ -246,3 +248,42 @@ def test_linear_cross_entropy_projects_in_the_autocast_dtype():
     logits = (hidden.bfloat16() @ weight.bfloat16().T).float()  # bf16 matmul, float32 softmax
     assert got.item() == pytest.approx(F.cross_entropy(logits, targets, reduction="sum").item(), rel=1e-5)
     assert got.item() != pytest.approx(F.cross_entropy(hidden @ weight.T, targets, reduction="sum").item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("hidden_grad, weight_grad", [(True, False), (False, True)])
+def test_linear_cross_entropy_with_only_one_gradient_wanted(hidden_grad, weight_grad):
+    """A frozen head (LoRA) or frozen inputs: the one gradient asked for still equals the materialised logits'."""
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(7, 5, generator=gen, dtype=torch.float64).requires_grad_(hidden_grad)
+    weight = torch.randn(9, 5, generator=gen, dtype=torch.float64).requires_grad_(weight_grad)
+    targets = torch.tensor([0, 8, 3, -100, 4, 4, 1])
+    train.linear_cross_entropy(hidden, weight, targets, chunk_tokens=3).backward()
+    got = hidden.grad if hidden_grad else weight.grad
+    hidden.grad = weight.grad = None
+    F.cross_entropy(hidden @ weight.T, targets, reduction="sum").backward()
+    expected = hidden.grad if hidden_grad else weight.grad
+    assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_cross_entropy_casts_to_the_weights_dtype_and_returns_its_gradient_dtype():
+    gen = torch.Generator().manual_seed(4)
+    hidden = torch.randn(6, 4, generator=gen, requires_grad=True)  # float32 activations, float64 head
+    weight = torch.randn(5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 1, 2, 3, 4, 0])
+    loss = train.linear_cross_entropy(hidden, weight, targets)
+    assert loss.dtype == torch.float64
+    assert loss.item() == pytest.approx(F.cross_entropy(hidden.double() @ weight.T, targets, reduction="sum").item(),
+                                        rel=1e-12)
+    half = torch.randn(5, 4, generator=gen).bfloat16().requires_grad_()
+    train.linear_cross_entropy(hidden.detach().bfloat16(), half, targets).backward()
+    assert half.grad.dtype == torch.bfloat16  # accumulated in float32, handed back in the weight's dtype
+
+
+def test_token_loss_in_float32_for_16_bit_logits():
+    model = _Table()
+    model.table.data = model.table.data.bfloat16()
+    batch = train.pad_batch([[1, 2, 3, 4, 5]])
+    loss = train.token_loss(model, batch)
+    log_p = torch.log_softmax(model.table.float(), -1)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(-(log_p[0, 2] + log_p[1, 3] + log_p[2, 4] + log_p[3, 5]).item(), rel=1e-6)
