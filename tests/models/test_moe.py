@@ -382,3 +382,44 @@ def test_aux_loss_with_alpha_one_is_the_sum_of_layer_losses(tiny):
         tiny(torch.randint(0, VOCAB, (2, 6)))
     aux = balancer.aux_loss()
     assert aux.item() > 0 and aux.item() == pytest.approx(torch.stack(balancer._aux).sum().item())
+
+
+def test_load_fraction_is_per_layer():
+    balancer = moe.LoadBalancer(models.build("tiny", VOCAB, seed=0))
+    balancer.last_load = torch.tensor([[3, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])  # three layers' counts
+    assert balancer.load_fraction().tolist() == [[0.75, 0.25, 0, 0], [0, 0, 0, 0], [0.25] * 4]
+
+
+def test_flat_router_calls_give_the_aux_loss_one_sequence(tiny):
+    balancer = moe.LoadBalancer(tiny, alpha=1.0)
+    router = balancer.routers[0][1]
+    flat = torch.randn(5, tiny.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with balancer.recording():
+        logits, _, indices = router(flat)
+    expected = moe.sequence_aux_loss(logits, indices, torch.ones(1, 5, dtype=torch.long))  # one run of 5 tokens
+    assert balancer.aux_loss().item() == pytest.approx(expected.item())
+
+
+def test_a_mask_that_does_not_fit_the_router_call_is_not_used(tiny):
+    counter = moe.LoadCounter(tiny)
+    router, k, h = counter.routers[0][1], tiny.config.num_experts_per_tok, tiny.config.hidden_size
+    for stale in (torch.zeros(2, 6, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long)):  # other batch; shorter
+        counter._mask = stale
+        with counter.recording():
+            router(torch.randn(3, 6, h))
+        assert counter.take().sum().item() == 3 * 6 * k  # every token counted, none masked out by a stale mask
+    counter._capture_mask(tiny, (torch.zeros(2, 6, dtype=torch.long), torch.ones(2, 1, 6, 6)), {})
+    assert counter._mask is None  # a 4-D attention mask is not a padding mask
+
+
+def test_the_mask_is_released_after_every_forward_even_a_failing_one(tiny):
+    counter = moe.LoadCounter(tiny)
+    mask = torch.tensor([[1, 1, 0, 0]])
+    with pytest.raises(IndexError):
+        tiny(input_ids=torch.full((1, 4), VOCAB + 5), attention_mask=mask)  # token ids outside the vocabulary
+    assert counter._mask is None
+    tiny(input_ids=torch.ones(1, 4, dtype=torch.long), attention_mask=mask)
+    router = counter.routers[0][1]
+    with counter.recording():  # a router called on its own afterwards sees no stale mask
+        router(torch.randn(1, 4, tiny.config.hidden_size))
+    assert counter.take().sum().item() == 4 * tiny.config.num_experts_per_tok
