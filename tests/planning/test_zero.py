@@ -260,3 +260,45 @@ def test_validate_unknown_keys_message_lists_the_documented_ones_sorted():
     assert keys.split(", ") == sorted(keys.split(", ")) and "zero_optimization" in keys.split(", ")
     with pytest.raises(ValueError, match=r"^a ZeRO config is a dict with a 'zero_optimization' dict, got list$"):
         _documented([])
+
+
+def test_zero_options_pass_every_setting_on_and_fit_inclusively():
+    # 1e9 parameters in fp32 with SGD: 4 + 4 + 4 bytes (no master copy, one momentum buffer), on 4 GPUs
+    kwargs = dict(precision="fp32", grad_accum=3, optimizer="sgd", trainable=5 * 10**8)
+    table = planning.zero_options(10**9, 4, 10, usable=1.0, **kwargs)
+    for name, stage, offload_optimizer, offload_params in planning.ZERO_OPTIONS:
+        memory = planning.training_memory(10**9, precision="fp32", optimizer="sgd", trainable=5 * 10**8,
+                                          zero_stage=stage, n_gpus=4, offload_optimizer=offload_optimizer,
+                                          offload_params=offload_params)
+        assert (table.loc[name, "gpu_gb"], table.loc[name, "cpu_gb"]) == (memory["gpu_total"], memory["cpu_total"])
+        assert table.loc[name, "comm_gb_per_step"] == planning.communication_volume(10**9, 4, stage, precision="fp32",
+                                                                                   grad_accum=3)
+    # ZeRO-1 by hand: 4 GB weights + 2 GB gradients (half trainable) + 2 GB / 4 of momentum = 6.5 GB
+    assert table.loc["ZeRO-1", "gpu_gb"] == 6.5
+    assert planning.zero_options(10**9, 4, 6.5, usable=1.0, **kwargs).loc["ZeRO-1", "fits"]  # equal fits
+    assert not planning.zero_options(10**9, 4, 6.49, usable=1.0, **kwargs).loc["ZeRO-1", "fits"]
+    cpu = table.loc["ZeRO-2 + offload optimizer", "cpu_gb"]
+    assert planning.zero_options(10**9, 4, 10, usable=1.0, cpu_memory_gb=cpu, **kwargs).loc[
+        "ZeRO-2 + offload optimizer", "fits"]  # CPU RAM exactly enough fits too
+    activations = planning.zero_options(planning.llama1_config("7B"), 8, 80, seq_len=512, micro_batch=3)
+    assert activations.loc["ZeRO-1", "gpu_gb"] == planning.training_memory(
+        planning.llama1_config("7B"), zero_stage=1, n_gpus=8, seq_len=512, micro_batch=3)["gpu_total"]
+    for bad in (dict(capacity_gb=0), dict(usable=0), dict(usable=1.5)):
+        args = {"capacity_gb": 10, "usable": 0.9, **bad}
+        with pytest.raises(ValueError, match=r"^need capacity_gb > 0 and usable in \(0, 1\], got "
+                                             f"{args['capacity_gb']!r} and {args['usable']!r}$"):
+            planning.zero_options(10**9, 4, args["capacity_gb"], usable=args["usable"])
+
+
+def test_zero_plan_passes_every_setting_on_and_returns_plain_python_values():
+    kwargs = dict(precision="fp32", grad_accum=3, optimizer="sgd", trainable=5 * 10**8, micro_batch=2)
+    plan = planning.zero_plan(10**9, 4, 6.5, usable=1.0, **kwargs)  # ZeRO-1 fits exactly (see above)
+    assert (plan["option"], plan["gpu_gb"]) == ("ZeRO-1", 6.5)
+    assert plan["comm_gb_per_step"] == planning.communication_volume(10**9, 4, 1, precision="fp32", grad_accum=3)
+    assert [type(plan[k]) for k in ("stage", "offload_optimizer", "gpu_gb")] == [int, bool, float]
+    assert plan["config"]["bf16"]["enabled"] is False and plan["config"]["gradient_accumulation_steps"] == 3
+    assert plan["config"]["train_micro_batch_size_per_gpu"] == 2
+    with pytest.raises(ValueError, match=r"^no ZeRO option fits on 1 x 4 GB GPUs with 1 GB of CPU RAM; "
+                                         r"ZeRO-3 without offload fits from 2 GPUs$"):
+        # ZeRO-3 of fp32 SGD, half trainable: (4 + 2 + 2) / n GB: 4 GB on 2 GPUs fits 4 x 1.0, 8 GB on one does not
+        planning.zero_plan(10**9, 1, 4, usable=1.0, cpu_memory_gb=1, **kwargs)
