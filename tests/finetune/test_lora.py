@@ -1,5 +1,7 @@
 """LoRA with peft: targets per architecture, every requested weight adapted, hand counts, merge, adapter round trip."""
 
+import re
+
 import pytest
 import safetensors.torch
 import torch
@@ -223,3 +225,54 @@ def test_training_memory_counts_gradients_and_adam_of_trainable_weights_only():
     assert full["gradients"] == pytest.approx(4 * sum(p.numel() for p in _deepseek().parameters()) / 2**20)
     assert 0 < small["activations"] < full["activations"]  # frozen layers keep no inputs for weight gradients
     assert small["total"] == pytest.approx(sum(v for k, v in small.items() if k != "total"))
+
+
+def test_completion_loader_pads_with_pad_id_and_shuffles_by_seed():
+    examples = [([i], [i + 50]) for i in range(1, 9)]
+    padded = next(iter(lora.completion_loader([([5], [6]), ([5, 6], [7, 8])], 2, pad_id=3, shuffle=False)))
+    assert padded["input_ids"].tolist() == [[5, 6, 3, 3], [5, 6, 7, 8]]
+    def order(**kwargs):
+        return [row[0] for b in lora.completion_loader(examples, 4, pad_id=0, **kwargs) for row in b["input_ids"].tolist()]
+
+    assert order(shuffle=False) == list(range(1, 9))
+    shuffled = order()  # shuffle=True, seed=0 by default
+    assert sorted(shuffled) == list(range(1, 9)) and shuffled != list(range(1, 9))
+    assert shuffled == order(seed=0) == order(shuffle=True, seed=0)  # the same seed, the same order
+    assert order(seed=1) != shuffled
+    with pytest.raises(ValueError, match="^batch_size must be a positive int, got 0$"):
+        lora.completion_loader(examples, 0, pad_id=0)
+    with pytest.raises(ValueError, match="^completion_loader needs examples, each with a non-empty completion$"):
+        lora.completion_loader([], 1, pad_id=0)
+
+
+def test_apply_lora_defaults_and_the_bounds_of_alpha_and_dropout():
+    model = lora.apply_lora(_deepseek(), targets="attention")
+    config = model.peft_config["default"]
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.task_type) == (16, 32, 0.0, "CAUSAL_LM")
+    assert set(lora.adapted(model).values()) == {16}
+    assert lora.apply_lora(_deepseek(), r=R, alpha=0.5, dropout=0.99, targets="attention").peft_config[
+        "default"].lora_alpha == 0.5  # small positive alpha and dropout just below 1 are allowed
+    for alpha, dropout in [(0, 0.0), (-1, 0.0), (8, 1.0), (8, -0.1)]:
+        with pytest.raises(ValueError, match=f"^need alpha > 0 and 0 <= dropout < 1, got alpha={alpha}, "
+                                             f"dropout={dropout}$"):
+            lora.apply_lora(_deepseek(), r=R, alpha=alpha, dropout=dropout)
+
+
+def test_check_adapters_names_what_is_missing_extra_or_of_another_rank():
+    model = lora.apply_lora(_deepseek(), r=R, targets="attention")
+    got = lora.adapted(model)
+    lora._check_adapters(model, dict(got))  # exactly what was asked: no error
+    names = sorted(got)
+    fake = {f"model.fake.{i}.weight": R for i in range(7)}
+    want = {**{n: R for n in names[1:]}, **fake, names[2]: 8}  # 7 missing, names[0] not requested, one rank 8
+    message = (f"peft did not adapt what was asked: without adapter {sorted(fake)[:6]} ...; "
+               f"not requested {[names[0]]}; other rank {[(names[2], R)]}")
+    with pytest.raises(RuntimeError, match=f"^{re.escape(message)}$"):
+        lora._check_adapters(model, want)
+    six = dict(list(fake.items())[:6])
+    with pytest.raises(RuntimeError, match=re.escape(f"without adapter {sorted(six)}; not requested []; other rank []")):
+        lora._check_adapters(model, {**got, **six})  # only missing ones (six: no "...")
+    with pytest.raises(RuntimeError, match=re.escape(f"not requested {[names[0]]}; other rank []")):
+        lora._check_adapters(model, {n: R for n in names[1:]})  # only an extra one
+    with pytest.raises(RuntimeError, match=re.escape(f"other rank {[(names[0], R)]}")):
+        lora._check_adapters(model, {**got, names[0]: 2})  # only a wrong rank
