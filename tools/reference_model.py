@@ -55,6 +55,7 @@ class Recipe:
     steps: int | None = None  # None: tokens_per_param x parameters / tokens per step
     checkpoint_interval: int = 200
     eval_points: int = 25  # validation passes over the run
+    data_fraction: float = 1.0  # share of the corpus's documents used (tests: a small one)
 
 
 def _documents(recipe: Recipe, work: Path):
@@ -79,7 +80,8 @@ def _documents(recipe: Recipe, work: Path):
 def _profile(recipe: Recipe, max_train_tokens: int | None) -> profiles.Profile:
     """The recipe as a cookbook profile, so tokenizer and blocks come from the library's own cached builders."""
     smoke = profiles.profile("smoke")
-    data = profiles.DataSizes(vocab_size=recipe.vocab_size, tokenizer_fraction=0.1, data_fraction=1.0,
+    data = profiles.DataSizes(vocab_size=recipe.vocab_size, tokenizer_fraction=0.1 * recipe.data_fraction,
+                              data_fraction=recipe.data_fraction,
                               seq_len=recipe.seq_len, semantic_sample=0, corpus=recipe.corpus,
                               max_train_tokens=max_train_tokens)
     return dataclasses.replace(smoke, name=f"reference-{recipe.size}", data=data)
@@ -141,7 +143,8 @@ def _check_recipe(recipe: Recipe, work: Path) -> None:
     mine = dataclasses.asdict(recipe)
     if saved.exists():
         theirs = json.loads(saved.read_text())
-        changed = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        defaults = {f.name: f.default for f in dataclasses.fields(Recipe)}  # a field added later, at its default
+        changed = {k: (theirs.get(k, defaults[k]), v) for k, v in mine.items() if theirs.get(k, defaults[k]) != v}
         if changed:
             raise SystemExit(f"{work} holds a run with other settings {changed} (saved, given): use another "
                              "--work folder or the saved settings")
