@@ -38,6 +38,7 @@ TESTS = {
     "train.loss": ["tests/train/test_loss.py", "tests/train/test_fused_loss.py"],
     "models.moe": ["tests/models/test_moe.py"],
     "finetune.lora": ["tests/finetune/test_lora.py"],
+    "compress.quantize": ["tests/compress/test_quantize.py", "tests/compress/test_quantize_mutants.py"],
     "deploy.service": ["tests/deploy/test_validate.py"],  # run as deploy.service:validate
 }
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
