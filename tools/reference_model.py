@@ -243,8 +243,13 @@ def _complete(model, tok, prompt: str, tokens: int, temperature: float, seed: in
 
 
 def parses(prompt: str, completion: str) -> bool:
-    """Whether prompt + completion, trimmed to its last complete line, is valid Python (`ast.parse`)."""
-    cut = completion[:completion.rfind("\n") + 1] if "\n" in completion else ""
+    """Whether prompt + completion, trimmed to its last complete line, is valid Python (`ast.parse`).
+
+    A completion without one complete non-blank line fails: the prompt alone (a def with its docstring) parses,
+    and a model that writes one endless identifier has written no code."""
+    cut = completion[:completion.rfind("\n") + 1]
+    if not cut.strip():
+        return False
     try:
         ast.parse(prompt + cut)
     except SyntaxError:

@@ -71,7 +71,8 @@ def test_parses_trims_to_the_last_complete_line():
     prompt = 'def f(x):\n    """Double."""\n'
     assert reference_model.parses(prompt, "    y = 2 * x\n    return y\n    z = (1,")  # the cut line is dropped
     assert not reference_model.parses(prompt, "    y = (2 *\n    x")  # the unclosed bracket stays
-    assert reference_model.parses(prompt, "    return")  # no complete line: the prompt alone (a docstring body)
+    assert not reference_model.parses(prompt, "    return_type_type_type")  # no complete line: no code written
+    assert not reference_model.parses(prompt, "\n\n")  # blank lines only
 
 
 def test_training_command_resumes_bit_exactly_from_its_checkpoint(tmp_path):
