@@ -220,3 +220,18 @@ def test_eval_mode_restores_each_modules_own_flag():
             assert inside is model and not any(m.training for m in model.modules())
             raise RuntimeError("inside")
     assert [m.training for m in model.modules()] == [True, True, False, False]
+
+
+def test_perturb_default_step_is_2_5_eps_over_steps():
+    """Ascent on -(x - 0.53)^2 from 0.5 with eps 0.1: the optimum is inside the ball, so the walk oscillates
+    around it in steps of alpha = 2.5 x 0.1 / 10 = 0.025: 0.525, 0.55, 0.525, ... ending at 0.55 after 10 steps."""
+    x = torch.full((1, 1), 0.5, dtype=torch.float64)
+
+    def loss(adv):
+        return -((adv - 0.53) ** 2).sum()
+
+    adv = robust.perturb(loss, x, 0.1, steps=10, random_start=False)
+    assert adv.item() == pytest.approx(0.55, abs=1e-12)
+    assert robust.perturb(loss, x, 0.1, steps=10, random_start=False, alpha=0.025).item() == adv.item()
+    torch.manual_seed(0)
+    assert robust.perturb(loss, x, 0.1, steps=10).item() != pytest.approx(0.55, abs=1e-6)  # random start by default
