@@ -350,3 +350,11 @@ def test_normalize_whitespace_and_map_text_change_logs():
     upper = clean.map_text(pd.DataFrame({"t": ["ab", "c"]}), "t", functools.partial(str.upper))  # no __name__
     assert upper.note == "text function" and upper.changed["reason"].tolist() == ["text function"] * 2
     assert clean.map_text(pd.DataFrame({"t": ["ab"]}), "t", str.upper).note == "upper"
+
+
+def test_bytes_that_even_cp1252_cannot_map_are_replaced():
+    df = pd.DataFrame({"t": [b"\x81caf\xe9", "caf\u00e9".encode()]})  # 0x81 is unassigned in cp1252
+    with pytest.warns(UserWarning, match="rows 0 were not valid UTF-8"):
+        result = clean.fix_unicode(df, "t")
+    assert result.frame["t"].tolist() == ["\ufffdcaf\u00e9", "caf\u00e9"]
+    assert result.changed["reason"].tolist() == ["bytes not valid UTF-8: decoded as cp1252", "bytes decoded as UTF-8"]

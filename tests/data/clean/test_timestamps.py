@@ -185,3 +185,10 @@ def test_to_utc_change_log_note_and_warning_in_full(errors, rows, note):
         assert (before, reason) == (expected[row][0], expected[row][2])
         assert after == expected[row][1] or (pd.isna(after) and pd.isna(expected[row][1]))
     assert len(result.frame) == (4 if errors == "remove" else 5)
+
+
+@pytest.mark.parametrize("n, rows", [(8, "rows 0, 1, 2, 3, 4, 5, 6, 7"), (9, "rows 0, 1, 2, 3, 4, 5, 6, 7 … (9 rows)")])
+def test_bad_rows_are_listed_up_to_eight(n, rows):
+    with pytest.warns(UserWarning) as caught:
+        clean.to_utc(pd.DataFrame({"t": ["never"] * n}), "t", errors="coerce")
+    assert str(caught[0].message) == f"column 't' has {n} bad timestamp(s): {rows} unparseable; set to NaT"
