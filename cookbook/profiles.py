@@ -193,6 +193,7 @@ class EvaluateSizes:
     finetune_steps: int  # continued-pretraining steps of checkpoint B in the A/B test
     bootstrap: int  # paired bootstrap resamples
     alpha: float  # significance level an A/B switch needs (the guide: p < 0.01)
+    seeds: int  # seeds of each tuning back end's search (a winner needs >= 3 that do not overlap)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +262,8 @@ class CaseSizes:
     candidates: int  # items scored per serving request (a ranking stage's candidate list)
     serve_batch: int  # requests per scoring call in the serving measurement
     serve_repeats: int  # timed scoring calls (the median is reported)
+    curve_ks: tuple[int, ...]  # cut-offs of the recall@k / NDCG@k figure with bootstrap intervals
+    bootstrap: int  # user resamples of those intervals and of the paired differences
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +322,7 @@ PROFILES: dict[str, Profile] = {
                                temperature=0.8, exec_timeout=3.0, workers=2, trials=8, epochs=8, hidden=32,
                                lr_range=(1e-4, 1e-1), dropout_range=(0.0, 0.5), al_initial=20, al_batch=10,
                                al_rounds=8, al_epochs=24, al_lr=1e-2, ewc_lambda=100.0, ewc_epochs=5, kl_docs=40,
-                               finetune_steps=12, bootstrap=1000, alpha=0.01),
+                               finetune_steps=12, bootstrap=1000, alpha=0.01, seeds=3),
         deploy=DeploySizes(export_shape=(2, 16), parity_shapes=((1, 8), (4, 64)), parity_tol=1e-4,
                            max_prompt_tokens=128, max_tokens_limit=64, gen_tokens=8, max_batch=16, batch_wait_ms=5.0,
                            weights=(3, 2), concurrency=(1, 4, 16), load_requests=48, load_seconds=3.0,
@@ -327,7 +330,8 @@ PROFILES: dict[str, Profile] = {
         case=CaseSizes(users=600, items=200, categories=10, days=28, future_days=7, sessions_per_day=0.15,
                        embed_dim=32, window=3, w2v_epochs=5, dim=16, hidden=(256, 128, 64), negatives=4,
                        batch_size=1024, lr=1e-3, epochs=30, patience=2, precision="fp32", mf_rank=16, ks=(10, 20),
-                       eval_users=400, candidates=100, serve_batch=16, serve_repeats=20),
+                       eval_users=400, candidates=100, serve_batch=16, serve_repeats=20,
+                       curve_ks=(1, 5, 10, 20, 50), bootstrap=1000),
     ),
     "full": Profile(
         name="full",
@@ -366,7 +370,7 @@ PROFILES: dict[str, Profile] = {
                                max_new_tokens=96, temperature=0.8, exec_timeout=3.0, workers=8, trials=16, epochs=12,
                                hidden=64, lr_range=(1e-4, 1e-1), dropout_range=(0.0, 0.5), al_initial=20,
                                al_batch=20, al_rounds=12, al_epochs=30, al_lr=1e-2, ewc_lambda=100.0, ewc_epochs=10,
-                               kl_docs=200, finetune_steps=50, bootstrap=5000, alpha=0.01),
+                               kl_docs=200, finetune_steps=50, bootstrap=5000, alpha=0.01, seeds=3),
         # the bigger model sums longer dot products: float32 differences grow with width and depth
         deploy=DeploySizes(export_shape=(2, 64), parity_shapes=((1, 16), (8, 512)), parity_tol=1e-3,
                            max_prompt_tokens=512, max_tokens_limit=256, gen_tokens=32, max_batch=32, batch_wait_ms=5.0,
@@ -376,7 +380,8 @@ PROFILES: dict[str, Profile] = {
         case=CaseSizes(users=8000, items=2000, categories=40, days=56, future_days=14, sessions_per_day=0.1,
                        embed_dim=128, window=3, w2v_epochs=5, dim=32, hidden=(256, 128, 64), negatives=4,
                        batch_size=1024, lr=1e-3, epochs=30, patience=2, precision="bf16", mf_rank=64, ks=(10, 20, 50),
-                       eval_users=4000, candidates=200, serve_batch=64, serve_repeats=50),
+                       eval_users=4000, candidates=200, serve_batch=64, serve_repeats=50,
+                       curve_ks=(1, 5, 10, 20, 50, 100), bootstrap=2000),
     ),
 }
 
