@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from cookbook import checkpoint, env, models, planning, plots, profiles
+from cookbook import checkpoint, env, evaluate, models, planning, plots, profiles
 from cookbook.data import corpus, licences, sources, tokenizer
 from cookbook.monitor import TrainingMonitor
 from cookbook.train import TrainConfig, Trainer, loader, pretrained
@@ -257,6 +257,17 @@ def parses(prompt: str, completion: str) -> bool:
     return True
 
 
+def _pass_at_k(model, tok, samples: int = 10, temperature: float = 0.8) -> dict:
+    """Sandboxed pass@1 and pass@5 on notebook 13's tasks (`evaluate.TASKS`): `samples` bodies per task."""
+    prompts = [t.prompt for t in evaluate.TASKS]
+    bodies = evaluate.complete(model, tok, prompts, samples=samples, max_new_tokens=64, temperature=temperature)
+    candidates = {t.name: [t.prompt + b for b in bs] for t, bs in zip(evaluate.TASKS, bodies, strict=True)}
+    table, summary = evaluate.execution_pass_at_k(candidates, {t.name: t.tests for t in evaluate.TASKS}, ks=(1, 5))
+    return dict(tasks=len(prompts), samples=samples, temperature=temperature, isolation="bubblewrap",
+                passed=int(table["c"].sum()), **{k: round(v, 4) for k, v in summary.items()},
+                statuses=table[list(evaluate.STATUSES)].sum().astype(int).to_dict())
+
+
 def _curve(work: Path) -> pd.DataFrame:
     """Loss and validation loss per logged step from the monitor's log (a resumed piece's repeats dropped)."""
     rows = [json.loads(line) for line in (work / "logs" / "metrics.jsonl").read_text().splitlines()]
@@ -300,6 +311,7 @@ def ship(recipe: Recipe, work: Path, out: Path, prompts: int = 40) -> dict:
     texts = _prompts(docs, prompts)
     greedy = [_complete(model, tok, p, 64, 0.0, 0) for p in texts]
     sampled = [_complete(model, tok, p, 64, 0.8, i) for i, p in enumerate(texts[:3])]
+    passing = _pass_at_k(model, tok)
     walls = [json.loads(line) for line in (work / "wall.jsonl").read_text().splitlines()]
     params, steps = _plan(recipe, len(tok))
     curve = _curve(work)
@@ -323,6 +335,7 @@ def ship(recipe: Recipe, work: Path, out: Path, prompts: int = 40) -> dict:
                          greedy=[dict(prompt=p, completion=c) for p, c in zip(texts[:3], greedy[:3], strict=True)],
                          sampled=[dict(prompt=p, completion=c, temperature=0.8, seed=i)
                                   for i, (p, c) in enumerate(zip(texts[:3], sampled, strict=True))]),
+        pass_at_k=passing,
         curve=curve.round(4).to_dict(orient="list"),
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -361,6 +374,9 @@ def _markdown(r: dict) -> str:
         *[f"| {name} | {loss} |" for name, loss in h["per_package"].items()], "",
         f"Greedy 64-token completions of {c['prompts']} held-out function signatures with docstrings that parse "
         f"with `ast` after trimming to the last complete line: {c['parse_rate']:.0%}.", "",
+        f"Sandboxed pass@k on notebook 13's {r['pass_at_k']['tasks']} tasks ({r['pass_at_k']['samples']} bodies each at "
+        f"T={r['pass_at_k']['temperature']}, bubblewrap): pass@1 {r['pass_at_k']['pass@1']}, pass@5 "
+        f"{r['pass_at_k']['pass@5']}; outcomes {r['pass_at_k']['statuses']}.", "",
         "![loss curve](loss_curve.png)", "",
     ]
     for kind in ("greedy", "sampled"):

@@ -16,6 +16,7 @@ from safetensors import safe_open
 from transformers import DeepseekV3ForCausalLM
 
 from cookbook.data import tokenizer as tokenizers
+from cookbook.env import quiet_progress
 
 __all__ = ["REFERENCE_FILES", "reference", "reference_heldout", "reference_receipt"]
 
@@ -53,7 +54,8 @@ def reference(folder: str | Path | None = None):
     """
     folder = Path(folder or REFERENCE_FILES)
     _verified(folder)
-    return DeepseekV3ForCausalLM.from_pretrained(str(folder)).eval(), tokenizers.load(folder)
+    with quiet_progress():  # no "Loading weights" bar for 6 MB
+        return DeepseekV3ForCausalLM.from_pretrained(str(folder)).eval(), tokenizers.load(folder)
 
 
 def reference_heldout(folder: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
