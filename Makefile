@@ -68,9 +68,8 @@ lint: $(STAMP)
 
 # pytest-xdist: JOBS=auto runs one worker per core (unit tests work-stolen; a notebook's cells stay in one worker and
 # one kernel, in order: --dist loadscope, as nbval's README asks), each with 1 torch thread (two 2-thread processes
-# on 2 cores stall at OpenMP barriers: measured 3x slower). The default stays serial until a whole `make test`
-# under xdist has been proven on CI's machine.
-JOBS ?= 1
+# on 2 cores stall at OpenMP barriers: measured 3x slower). JOBS=1 runs serially, in one process.
+JOBS ?= auto
 XDIST = $(if $(filter-out 1,$(JOBS)),OMP_NUM_THREADS=1 ,)
 XDIST_UNIT = $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist worksteal)
 XDIST_NB = $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadscope)
