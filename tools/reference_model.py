@@ -290,9 +290,7 @@ def _smoke_baseline(ids: torch.Tensor, tok) -> dict:
     stream = [t for doc in text for t in [*smoke_tok(doc)["input_ids"], smoke_tok.eos_token_id]]
     blocks = torch.tensor(stream[:len(stream) // seq * seq]).view(-1, seq)
     losses = block_losses(model, blocks)
-    nbytes = sum(len(smoke_tok.decode(row[1:].tolist()).encode()) for row in blocks)
-    return dict(loss=round(float(losses.mean()), 4),
-                bits_per_byte=round(float(losses.sum() * (seq - 1) / nbytes / math.log(2)), 4))
+    return dict(loss=round(float(losses.mean()), 4), bits_per_byte=round(_bits_per_byte(losses, blocks, smoke_tok), 4))
 
 
 def ship(recipe: Recipe, work: Path, out: Path, prompts: int = 40) -> dict:
