@@ -21,7 +21,7 @@ from cookbook.train import adamw
 from cookbook.train.batches import as_batch, target_count
 from cookbook.train.loss import token_loss
 
-__all__ = ["EmbeddingAdversary", "adversarial_training", "embedding_pgd", "lm_robustness"]
+__all__ = ["EmbeddingAdversary", "adversarial_training", "embedding_pgd", "lm_robustness", "lm_sequence_losses"]
 
 
 def _check_fraction(clean_fraction) -> float:
@@ -149,34 +149,57 @@ class EmbeddingAdversary(nn.Module):
         return self.model(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
 
-def lm_robustness(model, loader, eps_list, *, steps: int = 3, alpha: float | None = None, norm: str = "l2",
-                  max_batches: int | None = None) -> pd.DataFrame:
-    """Next-token loss and perplexity of an LM under embedding-space PGD, per ε: a DataFrame indexed by eps.
+def lm_sequence_losses(model, loader, eps_list, *, steps: int = 3, alpha: float | None = None, norm: str = "l2",
+                       max_batches: int | None = None) -> pd.DataFrame:
+    """Each sequence's summed next-token loss under embedding-space PGD: one row per sequence, in the loader's order.
 
-    The loss is the mean over every target token of the first `max_batches` batches; eps 0 is the clean
-    loss. The attacker starts at the clean embeddings (no random start), so the table repeats exactly.
-    Shown in notebooks/10 §5.
+    Columns: one per ε (nats summed over the sequence's target tokens; ε 0 is the clean loss) and `tokens`.
+    Each batch is attacked at once, and that is the same as attacking each sequence alone: a token's step
+    follows its own gradient, normalised per token ("l2") or by sign ("linf"), which the batch's other
+    sequences do not change. The attacker starts at the clean embeddings, so the table repeats exactly.
+    Paired material for a bootstrap over sequences (notebooks/10 §5); `lm_robustness` is its token-weighted mean.
     """
     eps_list = [_check_eps(e) for e in eps_list]
     if not eps_list:
         raise ValueError("eps_list needs at least one radius")
-    sums, count = dict.fromkeys(eps_list, 0.0), 0
-    device = _device(model)
+    device, columns = _device(model), {eps: [] for eps in eps_list}
+    tokens = []
     for i, raw in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         batch = {k: v.to(device) for k, v in as_batch(raw).items()}
-        n = target_count(batch)
-        if n == 0:
+        labels = batch["labels"][:, 1:]
+        counted = (labels != -100).sum(1)
+        keep = counted > 0  # a sequence without targets has no loss to compare
+        if not keep.any():
             continue
-        count += n
+        tokens.append(counted[keep].cpu())
         for eps in eps_list:
             delta = embedding_pgd(model, batch, eps, alpha=alpha, steps=steps, norm=norm, random_start=False)
             with eval_mode(model), torch.no_grad():
                 embeds = _embeddings(model)(batch["input_ids"]) + delta
-                sums[eps] += _embeds_loss(model, batch, 1)(embeds).item()
-    if count == 0:
+                logits = model(inputs_embeds=embeds, attention_mask=batch.get("attention_mask")).logits[:, :-1]
+                wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # as token_loss
+                nll = F.cross_entropy(wide.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+            columns[eps].append(nll.sum(1)[keep].double().cpu())
+    if not tokens:
         raise ValueError("the loader yielded no target tokens")
-    rows = [dict(eps=eps, loss=sums[eps] / count, perplexity=math.exp(min(sums[eps] / count, 700.0)))
-            for eps in eps_list]
+    table = pd.DataFrame({eps: torch.cat(parts).numpy() for eps, parts in columns.items()})
+    table["tokens"] = torch.cat(tokens).numpy()
+    return table.rename_axis("sequence")
+
+
+def lm_robustness(model, loader, eps_list, *, steps: int = 3, alpha: float | None = None, norm: str = "l2",
+                  max_batches: int | None = None) -> pd.DataFrame:
+    """Next-token loss and perplexity of an LM under embedding-space PGD, per ε: a DataFrame indexed by eps.
+
+    The loss is the mean over every target token of the first `max_batches` batches (the token-weighted
+    mean of `lm_sequence_losses`); eps 0 is the clean loss. The attacker starts at the clean embeddings (no
+    random start), so the table repeats exactly. Shown in notebooks/10 §5.
+    """
+    per_sequence = lm_sequence_losses(model, loader, eps_list, steps=steps, alpha=alpha, norm=norm,
+                                      max_batches=max_batches)
+    count = per_sequence.pop("tokens").sum()
+    rows = [dict(eps=eps, loss=total / count, perplexity=math.exp(min(total / count, 700.0)))
+            for eps, total in per_sequence.sum().items()]
     return pd.DataFrame(rows).set_index("eps")

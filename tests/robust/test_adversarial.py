@@ -3,6 +3,7 @@
 import functools
 import math
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,6 +111,40 @@ def test_lm_robustness_clean_row_is_the_mean_token_loss():
     assert again.equals(table)  # no random start: the table repeats exactly
     only_first = robust.lm_robustness(model, loader, [0], max_batches=1)
     assert only_first.loc[0.0, "loss"] == pytest.approx(_mean_token_loss(model, ids[:4]), rel=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_lm_sequence_losses_attack_each_sequence_as_if_alone(norm):
+    model, ids = _lm().eval(), counting_ids(8, 16)
+    mask = torch.ones_like(ids)
+    mask[5, 11:] = 0  # a padded sequence: its last 5 positions are neither inputs nor targets
+    batches = [{"input_ids": ids[i:i + 4], "attention_mask": mask[i:i + 4]} for i in (0, 4)]
+    together = robust.lm_sequence_losses(model, batches, [0, 0.1], steps=2, norm=norm)
+    alone = robust.lm_sequence_losses(model, [{"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]}
+                                              for i in range(8)], [0, 0.1], steps=2, norm=norm)
+    assert together["tokens"].tolist() == [15] * 5 + [10] + [15] * 2  # targets after the first position, unpadded
+    assert list(together.columns) == [0.0, 0.1, "tokens"] and together.index.name == "sequence"
+    pd.testing.assert_frame_equal(together, alone, rtol=1e-5)  # the batch changes no sequence's attack
+    with torch.no_grad():  # the clean column by hand, one sequence at a time
+        for i in range(8):
+            n = int(mask[i].sum())
+            logits = model(input_ids=ids[i:i + 1, :n]).logits[0, :-1]
+            expected = F.cross_entropy(logits, ids[i, 1:n], reduction="sum").item()
+            assert together.loc[i, 0.0] == pytest.approx(expected, rel=1e-5)
+    assert (together[0.1] > together[0.0]).all()  # the attack raises every sequence's loss
+    table = robust.lm_robustness(model, batches, [0, 0.1], steps=2, norm=norm)
+    for eps in (0.0, 0.1):  # the table is the token-weighted mean of the sequences
+        assert table.loc[eps, "loss"] == pytest.approx(together[eps].sum() / together["tokens"].sum(), rel=1e-12)
+
+
+def test_lm_sequence_losses_bad_input():
+    model, ids = _lm().eval(), counting_ids(2, 8)
+    with pytest.raises(ValueError, match="no target tokens"):
+        robust.lm_sequence_losses(model, [{"input_ids": ids, "labels": torch.full_like(ids, -100)}], [0])
+    with pytest.raises(ValueError, match="at least one radius"):
+        robust.lm_sequence_losses(model, [{"input_ids": ids}], [])
+    with pytest.raises(ValueError):
+        robust.lm_sequence_losses(model, [{"input_ids": ids}], [-0.1])
 
 
 class _Loader:
