@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from cookbook import robust
+from cookbook import evaluate, robust
 
 
 # ----------------------------------------------------------------------------- exercise 1: FGSM on a linear model
@@ -104,3 +104,5 @@ def test_exercise_3_paired_bootstrap():
     diff = other.float() - right.float()  # independent check: the normal approximation's 95% width
     normal_width = 2 * 1.96 * diff.std().item() / math.sqrt(len(diff))
     assert abs((hi - lo) / normal_width - 1) < 0.2
+    library = evaluate.paired_bootstrap(right.float().numpy(), other.float().numpy())  # scipy's, as §3 uses
+    assert abs(lo - library["low"]) < 0.01 and abs(hi - library["high"]) < 0.01
