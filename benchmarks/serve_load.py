@@ -133,7 +133,7 @@ def main() -> None:
         try:
             if args.no_nginx:
                 pass
-            elif deploy.find("nginx"):
+            elif env.find_tool("nginx"):
                 for k, (text, group) in enumerate(replicas.items()):
                     fronts[text] = deploy.start_nginx([(r.address, 1) for r in group], work / f"nginx{k}")
                     master = fronts[text].process.pid
