@@ -11,10 +11,14 @@ namespace; no `/proc`; a root file system holding only the system's `/usr` (and 
 prefix and `/etc/ld.so.cache`, all read-only, plus a private 16 MiB `/tmp`; an empty environment (LC_ALL, PATH,
 HOME only); a network namespace with nothing but its own loopback. Resource limits are set before the candidate's
 first line, hard = soft so it cannot raise them: CPU seconds, address space, file size (16 MiB: stdout and stderr
-are files, so no flood reaches the caller's memory), 64 processes, no core dumps. The wall-clock timeout kills
-bwrap; `--die-with-parent` and the PID namespace take every process the candidate started down with it, and a
-candidate that ends normally also ends its whole tree. The kernel exempts root (uid 0 of the host) from the
-process cap: a caller running as root keeps every other limit and the wall-clock bound on a fork bomb.
+are files, so no flood reaches the caller's memory), 64 processes, no core dumps. The kernel exempts uid 0 of the
+host from that process cap, and bwrap maps the sandbox's user to its caller's uid, so for a caller running as root
+the cap is a pids cgroup instead: each sandbox, bwrap included, starts in a fresh group with `pids.max` 64 (cgroup
+v1 or v2, made under the caller's own group); where none can be made, a root caller gets `SandboxUnavailable`.
+(Starting bwrap as an unused host uid would restore RLIMIT_NPROC, but bwrap then resolves every mount as that uid,
+and an interpreter under a 0700 `/root`, as pyenv's often is, cannot be reached.)
+The wall-clock timeout kills bwrap; `--die-with-parent` and the PID namespace take every process the candidate
+started down with it, and a candidate that ends normally also ends its whole tree.
 
 **The verdict channel.** The tests run in the candidate's own interpreter after its code (human-eval's design),
 and the verdict is the child's exit code plus a per-run nonce on its stdout. A candidate can therefore forge its
@@ -32,7 +36,9 @@ such a hook off (PEP 578 says so): it stops accidents, not attackers.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import math
@@ -44,7 +50,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -174,14 +180,77 @@ def _check_bubblewrap() -> None:
         raise SandboxUnavailable(f"the bubblewrap sandbox needs Linux namespaces; this is {sys.platform!r}. "
                                  "Run in a Linux VM or container, or pass isolation='in-process' to accept the "
                                  "weaker in-process guard")
-    probe = subprocess.run(_sandboxed([os.path.realpath(sys.executable), "-I", "-S", "-c", "pass"]),
-                           capture_output=True, text=True, timeout=30)
+    with _process_cap(_sandboxed([os.path.realpath(sys.executable), "-I", "-S", "-c", "pass"])) as argv:
+        probe = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
         raise SandboxUnavailable(f"bwrap cannot create its namespaces here: {probe.stderr.strip()[-300:]!r}. "
                                  "Allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; "
                                  "kernel.apparmor_restrict_unprivileged_userns=0; a container needs a seccomp "
                                  "profile allowing them), or pass isolation='in-process' to accept the weaker "
                                  "in-process guard")
+
+
+@functools.cache
+def _pids_cgroup() -> str:
+    """This process's own folder in the cgroup hierarchy that has the pids controller (v1 or v2)."""
+    with open("/proc/self/cgroup") as f:  # "id:controllers:our group" per hierarchy; v2's has no controllers
+        mine = {name: group for _, names, group in (line.rstrip("\n").split(":", 2) for line in f)
+                for name in names.split(",")}
+    with open("/proc/self/mountinfo") as f:
+        mounts = f.read().splitlines()
+    for mount in mounts:
+        fields, fs = mount.split(" - ", 1)
+        root, point = fields.split()[3:5]
+        fstype, _, options = fs.split()[:3]
+        if fstype == "cgroup" and "pids" in options.split(","):
+            group = mine.get("pids")
+        elif fstype == "cgroup2":
+            group = mine.get("")
+        else:
+            continue
+        if group is None:
+            continue
+        folder = os.path.normpath(os.path.join(point, os.path.relpath(group, root)))
+        if fstype == "cgroup2":
+            with open(os.path.join(folder, "cgroup.controllers")) as f:
+                if "pids" not in f.read().split():
+                    continue
+            # fails (EBUSY) where our group holds processes and is not the root: v2's no-internal-processes rule
+            with open(os.path.join(folder, "cgroup.subtree_control"), "w") as f:
+                f.write("+pids")
+        return folder
+    raise FileNotFoundError("no cgroup hierarchy with the pids controller is mounted")
+
+
+@contextlib.contextmanager
+def _process_cap(argv: list[str]) -> Iterator[list[str]]:
+    """`argv`, started in a fresh pids cgroup of `_PROCESSES` when the caller is root (RLIMIT_NPROC binds others)."""
+    if os.getuid() != 0:
+        yield argv
+        return
+    try:
+        group = os.path.join(_pids_cgroup(), f"cookbook-sandbox-{secrets.token_hex(8)}")
+        os.mkdir(group)
+    except OSError as exc:
+        raise SandboxUnavailable(f"as root the sandbox caps its processes with a pids cgroup (the kernel exempts "
+                                 f"uid 0 from RLIMIT_NPROC), and none can be made here: {exc}. Run as a user "
+                                 "other than root, give this process a writable cgroup with the pids controller, "
+                                 "or pass isolation='in-process' to accept the weaker in-process guard") from exc
+    try:
+        with open(os.path.join(group, "pids.max"), "w") as f:
+            f.write(str(_PROCESSES))
+        # the shell joins the group before it becomes bwrap, so every process of the sandbox is counted there
+        yield ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', os.path.join(group, "cgroup.procs"), *argv]
+    finally:
+        deadline = time.monotonic() + 5.0
+        while True:  # after a timeout the PID namespace's last processes may still be dying: busy until then
+            try:
+                os.rmdir(group)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.01)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +274,8 @@ def run_candidate(code: str, tests: str, *, timeout: float = 3.0, memory_mb: int
     pass); `failed`: an AssertionError; `error`: any other exception (a write the read-only file system
     stops, a connection nobody answers ...), a syntax error or a crash; `timeout`: over `timeout` wall-clock
     seconds; `refused`: the in-process guard stopped a write, the network or a process. Raises
-    `SandboxUnavailable` where bubblewrap cannot run. Shown in notebooks/13 §1.
+    `SandboxUnavailable` where bubblewrap cannot run (as root: or no pids cgroup can be made). Shown in
+    notebooks/13 §1.
     """
     if not isinstance(code, str) or not isinstance(tests, str):
         raise TypeError(f"code and tests must be strings, got {type(code).__name__} and {type(tests).__name__}")
@@ -218,7 +288,7 @@ def run_candidate(code: str, tests: str, *, timeout: float = 3.0, memory_mb: int
     if isolation == "bubblewrap":
         _check_bubblewrap()
         bootstrap = _BOOTSTRAP % {**limits, "extra": f"((resource.RLIMIT_NPROC, {_PROCESSES}),)", "guard": ""}
-        argv = _sandboxed([os.path.realpath(sys.executable), "-I", "-S", "-c", bootstrap])
+        launch = _process_cap(_sandboxed([os.path.realpath(sys.executable), "-I", "-S", "-c", bootstrap]))
     else:
         warnings.warn("isolation='in-process': candidates share the host's user, network, processes and files, "
                       "held back only by an audit hook that hostile code can switch off", SandboxWarning,
@@ -227,7 +297,7 @@ def run_candidate(code: str, tests: str, *, timeout: float = 3.0, memory_mb: int
             raise OSError(f"the in-process guard needs POSIX resource limits; this is {os.name!r}")
         # no process cap: the hook refuses new processes, and RLIMIT_NPROC counts all of the host user's
         bootstrap = _BOOTSTRAP % {**limits, "extra": "()", "guard": _AUDIT_HOOK % {"tag": _REFUSED}}
-        argv = [sys.executable, "-I", "-S", "-c", bootstrap]
+        launch = contextlib.nullcontext([sys.executable, "-I", "-S", "-c", bootstrap])
     nonce = secrets.token_hex(16)
     payload = json.dumps({"code": code, "tests": tests, "nonce": nonce})
     start = time.perf_counter()
@@ -237,8 +307,9 @@ def run_candidate(code: str, tests: str, *, timeout: float = 3.0, memory_mb: int
         os.mkdir(cwd)
         try:
             # files, not pipes: the child's RLIMIT_FSIZE caps what it can print
-            done = subprocess.run(argv, input=payload.encode(), stdout=out, stderr=err, cwd=cwd,
-                                  env={"LC_ALL": "C.UTF-8"}, timeout=timeout, start_new_session=True)
+            with launch as argv:
+                done = subprocess.run(argv, input=payload.encode(), stdout=out, stderr=err, cwd=cwd,
+                                      env={"LC_ALL": "C.UTF-8"}, timeout=timeout, start_new_session=True)
         except subprocess.TimeoutExpired:
             return Verdict("timeout", f"over {timeout:g} s", time.perf_counter() - start)
         seconds = time.perf_counter() - start
