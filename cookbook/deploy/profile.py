@@ -1,0 +1,132 @@
+"""Where a serving replica's time goes: py-spy samples every thread of the running process from outside.
+
+py-spy (the `serve` extra) reads another process's Python stacks without changing or pausing it, so one
+profile covers the replica's gRPC, handler and model threads at once; torch.profiler and cProfile see only
+their own process or thread. Every thread is sampled at every tick, waiting or not (`--idle`), so the model
+thread's samples split its wall time: generating, collecting a micro-batch, handing answers back, or waiting
+for a request. Time inside gRPC's C core or a torch kernel shows as the Python line that called it.
+
+    prof = profile_replica(replica, concurrency=16, max_tokens=8, seconds=1)
+    prof.model_shares()  # {"generating": 0.74, "waiting for a request": 0.17, ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cookbook.checks import positive_int
+from cookbook.deploy.load import LoadResult, load_test
+from cookbook.deploy.stack import Replica, scrape
+
+__all__ = ["MODEL_STATES", "WAITING_FOR_MODEL", "ReplicaProfile", "profile_replica", "py_spy", "thread_samples"]
+
+# The model thread's state in one sample: the first marker found in its stack, most specific first (generate
+# runs inside _serve, and the queue is read inside _collect as well as when idle).
+MODEL_STATES = (("generate (", "generating"), ("_Batcher._collect", "collecting a micro-batch"),
+                ("_Batcher._serve", "handing answers back"), ("Queue.get", "waiting for a request"))
+_HANDLER = "ModelServer._predict ("
+WAITING_FOR_MODEL = "Event.wait"  # a handler thread blocked until the model thread answers its request
+
+
+def py_spy() -> str | None:
+    """The py-spy program beside this interpreter (a venv's bin/) or on PATH; None where it is not installed."""
+    return shutil.which("py-spy", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+
+
+def thread_samples(raw: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Samples per model-thread state and per handler function, from py-spy's `--threads --format raw` output.
+
+    Each raw line is `thread (id): name;frame;frame;… count`. The model thread (named "model") is counted by
+    `MODEL_STATES` ("other" where no marker matches); a handler thread by the function `ModelServer._predict`
+    was in ("_predict itself" when it was in no call). Other threads are left out.
+    """
+    model, handlers = {}, {}
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        frames, count = line.rsplit(" ", 1)
+        if frames.split(";", 1)[0].endswith(": model"):
+            state = next((name for marker, name in MODEL_STATES if marker in frames), "other")
+            model[state] = model.get(state, 0) + int(count)
+        elif _HANDLER in frames:
+            inner = frames.split(_HANDLER, 1)[1].split(";")[1:2]
+            name = inner[0].split(" (")[0] if inner else "_predict itself"
+            handlers[name] = handlers.get(name, 0) + int(count)
+    return model, handlers
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaProfile:
+    """A replica profiled under load: thread samples, the micro-batches it served meanwhile, the load test."""
+
+    model_samples: dict[str, int]  # the model thread's samples per state
+    handler_samples: dict[str, int]  # the handler threads' samples per function called from _predict
+    batches: int  # batched generations during the load test
+    requests: int  # requests in those batches
+    load: LoadResult
+
+    def model_shares(self) -> dict[str, float]:
+        """The model thread's share of samples per state, largest first."""
+        total = sum(self.model_samples.values())
+        return {k: v / total for k, v in sorted(self.model_samples.items(), key=lambda kv: -kv[1])}
+
+    @property
+    def handlers_waiting(self) -> float:
+        """The handler threads' share of samples spent waiting for the model thread's answer."""
+        return self.handler_samples.get(WAITING_FOR_MODEL, 0) / max(sum(self.handler_samples.values()), 1)
+
+    @property
+    def mean_batch(self) -> float:
+        return self.requests / self.batches
+
+    @property
+    def ms_per_generation(self) -> float:
+        """Wall milliseconds the model thread spent per batched generation: generating share × time / batches."""
+        return 1000 * self.model_shares().get("generating", 0.0) * self.load.seconds / self.batches
+
+
+def _batch_histogram(replica: Replica) -> tuple[int, int]:
+    metrics = scrape(replica.metrics_url)  # the replica's own count of batches and of the requests in them
+    return int(metrics[("inference_batch_size_count", ())]), int(metrics[("inference_batch_size_sum", ())])
+
+
+def profile_replica(replica: Replica, *, concurrency: int, max_tokens: int, seconds: int = 1, rate: int = 1000,
+                    output: Path | None = None) -> ReplicaProfile:
+    """Sample `replica` with py-spy for `seconds` while `concurrency` clients keep it busy (a second longer).
+
+    The clients start first, so py-spy attaches to a loaded replica; the load test's QPS covers the whole
+    run. The raw profile is written to `output` (a temporary file by default). Raises `RuntimeError` saying
+    what is missing where py-spy is not installed or cannot attach (it needs ptrace rights: root, or
+    `kernel.yama.ptrace_scope=0`). Shown in notebooks/12 §9.
+    """
+    positive_int("seconds", seconds)  # py-spy records whole seconds
+    positive_int("rate", rate)
+    spy = py_spy()
+    if spy is None:
+        raise RuntimeError("py-spy is not installed: it comes with the serve extra (pip install -e '.[serve]')")
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(output) if output is not None else Path(scratch) / "py-spy.txt"
+        before = _batch_histogram(replica)
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(load_test, replica.address, concurrency=concurrency, requests=1_000_000,
+                                  duration_s=seconds + 1, max_tokens=max_tokens)
+            sampled = subprocess.run([spy, "record", "--pid", str(replica.process.pid), "--duration", str(seconds),
+                                      "--rate", str(rate), "--nonblocking", "--threads", "--idle", "--format", "raw",
+                                      "--output", str(path)], capture_output=True, text=True)
+            load = running.result()
+        after = _batch_histogram(replica)
+        if sampled.returncode != 0:
+            reason = (sampled.stderr.strip() or "no message").splitlines()[0]
+            raise RuntimeError(f"py-spy could not sample the replica ({reason}); it needs ptrace rights: run as "
+                               "root, or sudo sysctl kernel.yama.ptrace_scope=0")
+        model, handlers = thread_samples(path.read_text())
+    if not model or after[0] == before[0]:
+        raise RuntimeError("the profile caught no model-thread sample or no batch: is the replica serving?")
+    return ReplicaProfile(model, handlers, after[0] - before[0], after[1] - before[1], load)
