@@ -93,3 +93,30 @@ def test_every_plots_call_leaves_a_figure_and_every_chapter_has_one(path):
         calls = _PLOT_CALL.findall("".join(cell["source"]))
         assert count >= min(1, len(calls)), f"a cell calls {calls} and shows no figure:\n{''.join(cell['source'])[:300]}"
     assert sum(images) >= 1, "every chapter shows at least one figure"
+
+
+_LINK = re.compile(r"\[(← )?([^\]]*?)( →)?\]\(([^)]+\.ipynb)\)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_every_chapter_ends_with_the_closer(path):
+    """Takeaways, what this scale cannot show, exercises whose solutions CI runs, and links to both neighbours."""
+    cells = json.loads(path.read_text())["cells"]
+    last_code = max(i for i, c in enumerate(cells) if c["cell_type"] == "code")
+    closer = "\n".join("".join(c["source"]) for c in cells[last_code + 1:] if c["cell_type"] == "markdown")
+    headings = re.findall(r"^## (.+)$", closer, flags=re.M)
+    assert headings[-3:] == ["Takeaways", "What this scale cannot show", "Exercises"], \
+        f"the markdown after the last code cell has headings {headings}"
+    assert re.search(r"^> ", closer, flags=re.M), "the limits of this scale stand in a quoted box"
+    assert len(re.findall(r"^\d\. \*\*", closer, flags=re.M)) >= 2, "two or more numbered exercises"
+    solutions = re.findall(r"Solutions, run by CI: `(tests/exercises/test_\w+\.py)`", closer)
+    assert len(solutions) == 1 and (path.parents[1] / solutions[0]).is_file(), solutions
+    index = NOTEBOOKS.index(path)
+    # the last chapter leads back to the first
+    expected = ([("←", NOTEBOOKS[index - 1].name)] if index > 0 else []) + [("→", NOTEBOOKS[(index + 1) % len(NOTEBOOKS)].name)]
+    found = _LINK.findall(closer.splitlines()[-1])
+    links = [("←" if back else "→", target) for back, _, _, target in found]
+    assert links == expected, f"the last line links {links}, expected {expected}"
+    for _, label, _, target in found:  # each link reads as its chapter's own title
+        title = json.loads((path.parent / target).read_text())["cells"][0]["source"][0].removeprefix("# ").strip()
+        assert label == title, f"link to {target} reads {label!r}; the chapter is called {title!r}"
