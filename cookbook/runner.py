@@ -73,16 +73,26 @@ def _shown(path: Path) -> str:
 _WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
-def clean_outputs(nb) -> None:
-    """Make an executed notebook fit to commit (DESIGN.md): no saved widget state, no progress-bar widgets.
+def clean_outputs(nb, runs_dir: Path | None = None) -> None:
+    """Make an executed notebook fit to commit (DESIGN.md): no saved widget state, no progress-bar widgets,
+    no path of the machine that ran it.
 
     Progress bars are transient: saved, they show as "Error displaying widget" or `HBox(...)` text once
-    their state is gone, so they are dropped; every other output stays as it was.
+    their state is gone, so they are dropped. Where text names the run's folder `runs_dir` (what the kernel's
+    $COOKBOOK_RUNS_DIR held), it reads `$COOKBOOK_RUNS_DIR` instead; every other output stays as it was.
     """
     nb.metadata.pop("widgets", None)
+    folder = str(Path(runs_dir).resolve()) if runs_dir is not None else None
     for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.outputs if _WIDGET not in o.get("data", {})]
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = [o for o in cell.outputs if _WIDGET not in o.get("data", {})]
+        for output in cell.outputs if folder else ():
+            if "text" in output:  # a stream
+                output["text"] = output["text"].replace(folder, f"${RUNS_ENV}")
+            for key in ("text/plain", "text/html", "text/markdown"):
+                if key in output.get("data", {}):
+                    output["data"][key] = output["data"][key].replace(folder, f"${RUNS_ENV}")
 
 
 def run_notebooks(notebooks: list[Path], out: Path, profile: str, timeout: int = 1800,
@@ -111,7 +121,7 @@ def run_notebooks(notebooks: list[Path], out: Path, profile: str, timeout: int =
             status = "FAILED"
             error = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
         seconds = time.perf_counter() - start
-        clean_outputs(nb)
+        clean_outputs(nb, out)
         nbformat.write(nb, out / nb_path.name)
         if inplace and status == "ok":
             nbformat.write(nb, nb_path)

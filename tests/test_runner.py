@@ -99,3 +99,17 @@ def test_clean_outputs_drops_widget_state_and_progress_widgets_only():
     nb.cells = [nbformat.v4.new_code_cell("x", outputs=[bar, text]), nbformat.v4.new_markdown_cell("m")]
     runner.clean_outputs(nb)
     assert "widgets" not in nb.metadata and nb.cells[0].outputs == [text]
+
+
+def test_clean_outputs_names_the_runs_folder_by_its_variable(tmp_path):
+    folder = str(tmp_path.resolve())
+    stream = nbformat.v4.new_output("stream", name="stderr", text=f"saved at {folder}/06/last.safetensors\n")
+    shown = nbformat.v4.new_output("execute_result", data={"text/plain": f"'{folder}/logs'",
+                                                           "text/html": f"<b>{folder}</b>"}, execution_count=1)
+    other = nbformat.v4.new_output("stream", name="stdout", text="/elsewhere/file\n")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x", outputs=[stream, shown, other])]
+    runner.clean_outputs(nb, tmp_path)
+    assert stream["text"] == "saved at $COOKBOOK_RUNS_DIR/06/last.safetensors\n"
+    assert shown["data"] == {"text/plain": "'$COOKBOOK_RUNS_DIR/logs'", "text/html": "<b>$COOKBOOK_RUNS_DIR</b>"}
+    assert other["text"] == "/elsewhere/file\n"  # only the run's folder is rewritten
