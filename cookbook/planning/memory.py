@@ -128,8 +128,8 @@ def kv_cache_memory(config, batch: int, seq_len: int, *, bytes_per_value: int = 
     """GB of key/value cache for `batch` sequences of `seq_len` tokens.
 
     Per token and layer a Llama-style model caches 2 x kv_heads x head_dim values; MLA caches only its
-    compressed latent, kv_lora_rank + qk_rope_head_dim values (DeepSeek's inference; transformers'
-    DynamicCache stores the decompressed per-head keys and values instead, about 70x more for V3).
+    compressed latent, kv_lora_rank + qk_rope_head_dim values (DeepSeek's inference, and transformers 5.23's
+    DeepseekV3Attention, which expands the latent after the cache; per-head keys and values would be ~70x more for V3).
     """
     positive_int("batch", batch), positive_int("seq_len", seq_len)
     if getattr(config, "kv_lora_rank", None):
