@@ -359,3 +359,53 @@ def test_bytes_that_even_cp1252_cannot_map_are_replaced():
         result = clean.fix_unicode(df, "t")
     assert result.frame["t"].tolist() == ["\ufffdcaf\u00e9", "caf\u00e9"]
     assert result.changed["reason"].tolist() == ["bytes not valid UTF-8: decoded as cp1252", "bytes decoded as UTF-8"]
+
+
+def test_bad_frames_and_rules_messages_in_full():
+    with pytest.raises(TypeError, match=r"^expected a pandas DataFrame, got list$"):
+        clean.normalize_whitespace([1, 2], "a")
+    with pytest.raises(ValueError, match=r"^empty frame: there is nothing to clean \(0 rows or 0 columns\)$"):
+        clean.pipeline(pd.DataFrame(), [step(clean.normalize_whitespace, column="a")])
+    with pytest.raises(ValueError, match=r"^the frame's index has repeated labels; call df\.reset_index\(drop=True\) "
+                                         r"first so removed and changed rows can be named unambiguously$"):
+        clean.normalize_whitespace(pd.DataFrame({"a": ["x", "y"]}, index=[0, 0]), "a")
+    with pytest.raises(TypeError, match=r"^rule must be a function such as clean\.fill_missing, got 3$"):
+        step(3)
+    with pytest.raises(ValueError, match=r"^column 'b' has dtype bool, not numeric"):  # True/False are no measurements
+        clean.iqr_outliers(pd.DataFrame({"b": [True, False, True, True]}), "b")
+
+
+def test_step_names_callable_parameters_by_name():
+    assert step(clean.map_text, column="t", fn=clean.mask_pii).__name__ == "map_text(t, mask_pii)"
+    assert step(clean.fill_missing, column="age", strategy="constant", value=0).__name__ == \
+        "fill_missing(age, constant, 0)"
+
+
+def test_every_rule_result_has_the_change_columns_and_a_counting_note():
+    result = clean.drop_duplicate_keys(pd.DataFrame({"id": [1, 1, 2, 1]}), "id")  # rows 1 and 3 repeat row 0
+    assert result.note == "2 rows repeat a key in ['id']" and result.removed.index.tolist() == [1, 3]
+    assert list(result.changed.columns) == ["row", "column", "before", "after", "reason"] and result.changed.empty
+
+
+def test_pipeline_without_removals_or_with_changes_from_several_rules():
+    df = pd.DataFrame({"t": [" a ", " b"], "u": ["x ", "y"]})
+    result = clean.pipeline(df, [step(clean.normalize_whitespace, column="t"),
+                                 step(clean.normalize_whitespace, column="u")])
+    # nothing removed: an empty frame with the original columns plus the two the pipeline adds
+    assert result.removed.empty and list(result.removed.columns) == ["t", "u", "removed_by", "reason"]
+    assert result.removed["removed_by"].dtype == object and result.removed["reason"].dtype == object
+    # three changed cells from two rules: one row each, numbered 0..2 (no label repeated across rules)
+    assert result.changes.index.tolist() == [0, 1, 2]
+    assert result.changes[["row", "column", "rule"]].values.tolist() == [
+        [0, "t", "normalize_whitespace(t)"], [1, "t", "normalize_whitespace(t)"], [0, "u", "normalize_whitespace(u)"]]
+
+
+def test_pipeline_that_removes_everything_warns_at_the_caller():
+    def remove_all(df):  # a rule that keeps nothing and says nothing itself
+        return clean.RuleResult(df.iloc[:0], df, pd.DataFrame())
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clean.pipeline(pd.DataFrame({"id": [1]}), [remove_all])
+    assert [str(w.message) for w in caught] == ["the pipeline removed all 1 rows; see result.removed"]
+    assert at_caller(caught[0], __file__)  # stacklevel=2: this line, not the library's

@@ -31,3 +31,23 @@ def test_docstrings_extracts_summaries_in_order():
     assert clean.docstrings(code) == ["Add two numbers.", "A class."]
     assert clean.docstrings(code, first_line=False)[0] == "Add two\nnumbers.\n\nDetails here."
     assert clean.docstrings("def broken(:") == []
+
+
+def test_phone_digit_count_bounds_7_to_15():
+    # E.164 allows at most 15 digits; 7 is the shortest local number taken as a phone here
+    assert clean.find_pii("call 555 1234 now") == [("phone", "555 1234")]  # 7 digits
+    assert clean.find_pii("call 55 1234 now") == []  # 6 digits
+    assert clean.find_pii("+1 234 567 8901 2345") == [("phone", "+1 234 567 8901 2345")]  # 1 + 14 = 15 digits
+    assert clean.find_pii("+12 234 567 8901 2345") == []  # 16 digits: no phone number
+
+
+def test_pii_spans_that_touch_do_not_overlap():
+    # "fe80::" is a valid IPv6 address (ipaddress agrees); the next span starts exactly where it ends
+    assert clean.find_pii("fe80::(20) 7946 0958") == [("ip", "fe80::"), ("phone", "(20) 7946 0958")]
+    assert clean.find_pii("fe80::+x@example.com") == [("ip", "fe80::"), ("email", "+x@example.com")]
+    assert clean.mask_pii("fe80::(20) 7946 0958") == "<IP><PHONE>"
+
+
+def test_remove_stopwords_reads_a_one_shot_iterable_once():
+    assert clean.remove_stopwords("the cat and the dog", iter(["the", "and"])) == "cat dog"
+    assert clean.remove_stopwords("The cat", (w for w in ["the"])) == "cat"  # case-insensitive, generator

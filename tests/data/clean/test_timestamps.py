@@ -194,3 +194,23 @@ def test_bad_rows_are_listed_up_to_eight(n, rows):
     with pytest.warns(UserWarning) as caught:
         clean.to_utc(pd.DataFrame({"t": ["never"] * n}), "t", errors="coerce")
     assert str(caught[0].message) == f"column 't' has {n} bad timestamp(s): {rows} unparseable; set to NaT"
+
+
+def test_to_utc_reads_month_first_by_default_and_dates_in_the_assumed_zone():
+    df = pd.DataFrame({"t": ["05/03/2024", dt.date(2024, 3, 5)]})
+    result = clean.to_utc(df, "t", assume_tz="Europe/Oslo")
+    # pandas' (and the US) default: month first, 3 May; a date is local midnight, Oslo is UTC+1 in March
+    expected = [dt.datetime(2024, 5, 3, tzinfo=ZoneInfo("Europe/Oslo")), dt.datetime(2024, 3, 5, tzinfo=ZoneInfo("Europe/Oslo"))]
+    assert result.frame["t"].tolist() == [pd.Timestamp(e).tz_convert("UTC") for e in expected]
+    assert result.changed["reason"].tolist() == ["naive, read in Europe/Oslo"] * 2
+
+
+def test_to_utc_unparseable_cells_of_any_kind_and_an_all_missing_column():
+    df = pd.DataFrame({"t": [[1, 2], "", "NaT", "2024-01-01"]})
+    with pytest.warns(UserWarning, match=r"^column 't' has 3 bad timestamp\(s\): rows 0, 1, 2 unparseable; set to NaT$"):
+        result = clean.to_utc(df, "t", errors="coerce")
+    assert result.changed["reason"].tolist() == ["unparseable"] * 3 + ["naive, read in UTC"]
+    assert result.frame["t"].isna().tolist() == [True, True, True, False]
+    empty = clean.to_utc(pd.DataFrame({"t": [None, np.nan]}), "t")
+    assert str(empty.frame["t"].dtype) == "datetime64[ns, UTC]" and empty.frame["t"].isna().all()
+    assert empty.changed.empty and empty.removed.empty  # missing stays missing: not bad, not a change
