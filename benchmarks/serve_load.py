@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -37,26 +34,6 @@ from cookbook.data import tokenizer
 
 def _load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def ceiling(model, tok, concurrency: int, *, requests: int, max_tokens: int, warmup: int = 2) -> dict:
-    """`generate` on batches of `concurrency` prompts (cycling `deploy.PROMPTS`), back to back: QPS and latency."""
-    prompts = [tok.encode(deploy.PROMPTS[i % len(deploy.PROMPTS)], add_special_tokens=False)
-               for i in range(concurrency)]
-    batches = math.ceil(requests / concurrency)
-
-    def one():
-        start = time.perf_counter()
-        deploy.generate(model, prompts, [max_tokens] * concurrency, eos_id=tok.eos_token_id)
-        return time.perf_counter() - start
-
-    for _ in range(warmup):
-        one()
-    seconds = [one() for _ in range(batches)]
-    latencies = 1000 * np.asarray(seconds)  # every request of a batch waits for the whole batch
-    return {"setup": "ceiling (generate)", "concurrency": concurrency, "n": batches * concurrency,
-            "qps": batches * concurrency / sum(seconds), "p50_ms": float(np.percentile(latencies, 50)),
-            "p99_ms": float(np.percentile(latencies, 99)), "errors": 0, "mean_batch": float(concurrency)}
 
 
 def _batches(replicas) -> tuple[float, float]:
@@ -112,9 +89,9 @@ def main() -> None:
 
     def measure_ceiling(c, when):
         os.sched_setaffinity(0, server_cpus)  # this thread only (Linux): the ceiling runs here, on the server's core
-        row = ceiling(model, tok, c, requests=args.requests, max_tokens=max_tokens)
+        row = deploy.generation_ceiling(model, tok, c, requests=args.requests, max_tokens=max_tokens, warmup=2)
         os.sched_setaffinity(0, client_cpus)  # the load test's thread (and its event loop) start from here
-        rows.append({**row, "setup": f"ceiling (generate), {when}"})
+        rows.append({**row, "setup": f"ceiling (generate), {when}", "errors": 0, "mean_batch": float(c)})
         print(f"  ceiling at batch {c}, {when}: {row['qps']:.0f} req/s · {_load()}", flush=True)
 
     base = {"max_prompt_tokens": D.max_prompt_tokens, "max_tokens_limit": max(max_tokens, D.max_tokens_limit),

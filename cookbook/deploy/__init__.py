@@ -31,7 +31,7 @@ from cookbook.deploy.export import (
     torchscript_trace,
 )
 from cookbook.deploy.generate import Generation, generate
-from cookbook.deploy.load import PROMPTS, LoadResult, load_sweep, load_test, predict
+from cookbook.deploy.load import PROMPTS, LoadResult, generation_ceiling, load_sweep, load_test, predict
 from cookbook.deploy.profile import (
     MODEL_STATES,
     WAITING_FOR_MODEL,
@@ -70,7 +70,7 @@ from cookbook.deploy.triton import check_triton_config, parse_triton_config, tri
 __all__ = ["EXPERTS_FOR_ONNX", "LATENCY_BUCKETS", "MODEL_STATES", "ORT_LEVELS", "PROMPTS", "SERVICE", "WAITING_FOR_MODEL", "AuditLog", "ExportResult",
            "Generation", "InvalidRequest", "LoadResult", "LogitsOnly", "ModelServer", "OnnxRunner", "Nginx", "Process", "Prometheus",
            "Replica", "ReplicaProfile", "ServiceConfig", "Stack", "Starting", "check_input_ids", "check_triton_config", "custom_ops", "dynamic_shapes",
-           "experts_implementation", "export_limits", "fingerprint", "free_port", "generate", "load_sweep", "load_test", "nginx_config",
+           "experts_implementation", "export_limits", "fingerprint", "free_port", "generate", "generation_ceiling", "load_sweep", "load_test", "nginx_config",
            "onnx_export", "onnx_from_program", "ort_session", "parity", "parse_triton_config", "predict", "profile_replica", "py_spy", "read_audit", "require",
            "save_for_serving", "scrape", "spawn_replica", "start_nginx", "start_prometheus", "start_replica", "thread_samples", "torch_export",
            "torchscript_trace", "triton_config", "triton_repository", "validate"]

@@ -20,12 +20,14 @@ import time
 import grpc
 import numpy as np
 import pandas as pd
+import torch
 
 from cookbook.checks import positive_int
 from cookbook.deploy import model_service_pb2 as pb
 from cookbook.deploy import model_service_pb2_grpc as pb_grpc
+from cookbook.deploy.generate import generate
 
-__all__ = ["LoadResult", "PROMPTS", "load_sweep", "load_test", "predict"]
+__all__ = ["LoadResult", "PROMPTS", "generation_ceiling", "load_sweep", "load_test", "predict"]
 
 # Code prompts like the corpus the model was trained on; a load test cycles through them.
 PROMPTS = ("def add(a, b):\n    return", "import os\n\n\ndef main():\n", "class Stack:\n    def __init__(self):",
@@ -118,6 +120,37 @@ def load_sweep(targets: dict[str, str], concurrencies, **options) -> pd.DataFram
         for concurrency in concurrencies:
             rows.append({"setup": label, **load_test(address, concurrency=concurrency, **options).row()})
     return pd.DataFrame(rows).drop(columns=["target"])
+
+
+def generation_ceiling(model, tokenizer, concurrency: int, *, requests: int, max_tokens: int, warmup: int = 1,
+                       threads: int | None = None) -> dict:
+    """The model's own speed, no service: `generate` on batches of `concurrency` prompts back to back.
+
+    The prompts cycle `PROMPTS`, each request asks `max_tokens` greedy tokens, as a load test's do; after
+    `warmup` batches, ceil(requests / concurrency) batches are timed. Every request of a batch waits for the
+    whole batch, so a batch's time is its requests' latency. `threads` runs it on that many torch threads
+    (restored after; a replica runs on 1). Returns a row like a load test's: setup, concurrency, n, qps,
+    p50_ms, p99_ms. Shown in notebooks/12 §9 and benchmarks/serve_load.py.
+    """
+    positive_int("concurrency", concurrency)
+    batches = -(-positive_int("requests", requests) // concurrency)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    prompts = [tokenizer.encode(PROMPTS[i % len(PROMPTS)], add_special_tokens=False) for i in range(concurrency)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(positive_int("threads", threads) if threads is not None else before)
+    try:
+        seconds = []
+        for i in range(warmup + batches):
+            start = time.perf_counter()
+            generate(model, prompts, [max_tokens] * concurrency, eos_id=tokenizer.eos_token_id)
+            if i >= warmup:
+                seconds.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    p50, p99 = np.percentile(1000 * np.asarray(seconds), [50, 99])
+    return {"setup": "ceiling (generate)", "concurrency": concurrency, "n": batches * concurrency,
+            "qps": batches * concurrency / sum(seconds), "p50_ms": float(p50), "p99_ms": float(p99)}
 
 
 def predict(address: str, prompt: str, max_tokens: int, *, timeout_s: float = 30.0, **fields) -> pb.PredictResponse:
