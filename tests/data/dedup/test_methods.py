@@ -1,11 +1,13 @@
 """Deduplication: exact, MinHash LSH (bit-identical to datasketch) and semantic, on lists, Series, Datasets."""
 
+import time
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pandas as pd
 import pytest
+from datasketch import MinHash
 
 from cookbook.data import dedup, synthetic
 from cookbook.data.dedup import DedupReport, embeddings, methods
@@ -171,3 +173,124 @@ def test_minhash_report_params_pairs_and_an_inclusive_threshold():
     with pytest.raises(ValueError, match=r"^no column 'text' to deduplicate; columns are \['body'\]$"):
         methods.minhash(pd.DataFrame({"body": texts}))  # the default column is "text"
     assert methods.minhash(pd.DataFrame({"text": texts}), threshold=0.3, num_perm=64, k=2, seed=7).clusters == [[0, 1]]
+
+
+# --- the survivors of the 2026-12-06 mutation run (issue 30) ---------------------------------------------------
+
+def _brute_force_cosine(vectors, threshold):
+    """Reference: the full cosine matrix in float64, pairs i < j at or above the threshold, nearest off-diagonal."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    pairs = [[i, j] for i in range(len(sims)) for j in range(i + 1, len(sims)) if sims[i, j] >= threshold - 1e-6]
+    np.fill_diagonal(sims, -np.inf)
+    return pairs, sims.max(axis=1)
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7])
+def test_semantic_in_blocks_equals_the_full_cosine_matrix(block):
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(3, 8))
+    # 7 vectors: three families of near-copies, at lengths 0.5 to 3 (semantic normalizes them itself)
+    vectors = np.array([base[0], base[0] + 0.05 * rng.normal(size=8), base[1], base[2],
+                        base[1] + 0.05 * rng.normal(size=8), base[0] + 0.05 * rng.normal(size=8), base[2] * 1.01])
+    vectors *= np.array([[0.5], [3.0], [1.0], [2.0], [0.7], [1.5], [0.9]])
+    pairs, nearest = _brute_force_cosine(vectors, 0.95)
+    report = dedup.semantic([str(i) for i in range(7)], embeddings=vectors, threshold=0.95, block=block)
+    assert report.pairs[["i", "j"]].values.tolist() == pairs and len(pairs) >= 4
+    assert report.pairs["duplicate"].tolist() == [True] * len(pairs)
+    np.testing.assert_allclose(report.nearest, nearest, atol=1e-5)
+    assert report.clusters == [[0, 1, 5], [2, 4], [3, 6]]
+    assert report.method == "semantic" and report.params == {"threshold": 0.95, "model": "embeddings given"}
+
+
+def test_semantic_threshold_is_inclusive_over_the_whole_cosine_range():
+    vectors = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # cosines exactly 1, 0 and -1
+    assert dedup.semantic(list("abcd"), embeddings=vectors, threshold=1.0).clusters == [[0, 1]]
+    at_zero = dedup.semantic(list("abcd"), embeddings=vectors, threshold=0.0).pairs[["i", "j"]].values.tolist()
+    assert at_zero == [[0, 1], [0, 2], [1, 2], [2, 3]]  # the orthogonal pairs (cosine exactly 0) included
+    assert len(dedup.semantic(list("abcd"), embeddings=vectors, threshold=-1.0).pairs) == 6  # every pair
+    for threshold in (-1.01, 1.01):
+        with pytest.raises(ValueError, match=rf"^cosine threshold must be in \[-1, 1\], got {threshold}$"):
+            dedup.semantic(list("abcd"), embeddings=vectors, threshold=threshold)
+
+
+def test_semantic_nearest_of_one_or_two_documents():
+    one = dedup.semantic(["only"], embeddings=np.array([[3.0, 4.0]]))
+    assert one.nearest.tolist() == [-1.0] and one.clusters == [] and one.pairs.empty  # no other document
+    two = dedup.semantic(["a", "b"], embeddings=np.array([[1.0, 0.0], [0.6, 0.8]]))
+    np.testing.assert_allclose(two.nearest, [0.6, 0.6], atol=1e-6)  # cos = 0.6 by hand
+
+
+def test_semantic_embeds_the_chosen_column_with_its_batch_size(monkeypatch):
+    calls = []
+    monkeypatch.setattr(methods, "embed", lambda texts, model, batch_size: calls.append((texts, batch_size))
+                        or np.eye(len(texts)))
+    frame = pd.DataFrame({"body": ["x", "y"], "text": ["no", "no"]})
+    dedup.semantic(frame, column="body")
+    dedup.semantic(pd.DataFrame({"text": ["p", "q"]}), batch_size=7)
+    assert calls == [(["x", "y"], 32), (["p", "q"], 7)]  # default column "text", default batch 32 (embed's own)
+
+
+def test_report_keep_longest_and_cluster_order():
+    # longest kept, ties to the first of them; "Tea \n" (5 characters) appears at 2 and 3
+    assert dedup.exact(["Tea", "Tea", "Tea \n", "Tea \n"], keep="longest").clusters == [[2, 0, 1, 3]]
+    assert dedup.exact(["Tea \n", "Tea"], keep="longest").clusters == [[0, 1]]
+    assert dedup.exact(list("abbba")).clusters == [[1, 2, 3], [0, 4]]  # largest family first
+    assert dedup.exact(list("abba")).clusters == [[0, 3], [1, 2]]  # equal sizes: by representative
+
+
+def test_exact_report_fields():
+    start = time.perf_counter()
+    report = dedup.exact(pd.DataFrame({"body": ["a", "b", "a"]}), column="body", lowercase=True)
+    elapsed = time.perf_counter() - start
+    assert report.method == "exact" and report.params == {"lowercase": True} and report.clusters == [[0, 2]]
+    assert report.keep.dtype == bool and report.keep.tolist() == [True, True, False]
+    assert list(report.pairs.columns) == ["i", "j", "similarity", "duplicate"] and report.pairs.empty
+    assert 0 <= report.seconds <= elapsed
+    assert dedup.normalize("  Café ") == "Café"  # case kept unless asked
+
+
+def test_minhash_defaults_are_datasketch_s_and_recall_is_passed_on():
+    docs = [BASE, BASE + " # end", "something else entirely, with many more words in it"]
+    report = dedup.minhash(docs)
+    reference = MinHash()  # datasketch's defaults: 128 permutations, seed 1
+    assert (report.params["num_perm"], report.params["seed"]) == (len(reference.hashvalues), reference.seed)
+    assert report.params["threshold"] == 0.8 and report.params["k"] == 5
+    b, r = dedup.lsh_params(0.8, 128, 0.5)
+    low = dedup.minhash(docs, recall=0.5)
+    assert (low.params["bands"], low.params["rows"]) == (b, r) != (report.params["bands"], report.params["rows"])
+
+
+def test_lsh_params_edges():
+    assert dedup.lsh_params(1.0, 16) == (1, 16)  # every band of every size catches identical sets: the most selective
+    assert dedup.lsh_params(0.5, 2, recall=0.25) == (1, 2)  # 1 - (1 - 0.5^2)^1 = 0.25 exactly: meets the target
+    assert dedup.lsh_params(0.01, 2) == (2, 1)  # nothing reaches 0.99: the most permissive (b = num_perm, r = 1)
+    assert dedup.lsh_params(0.8, 128) == dedup.lsh_params(0.8, 128, recall=0.99)
+    with pytest.raises(ValueError, match=r"^threshold must be in \(0, 1\], got 0$"):
+        dedup.lsh_params(0, 128)
+    with pytest.raises(ValueError, match=r"^recall must be in \(0, 1\), got 0$"):
+        dedup.lsh_params(0.8, 128, recall=0)
+
+
+def test_jaccard_of_sorted_hash_arrays_against_python_sets():
+    for x, y in [([1, 2, 3], [2, 3, 4]), ([], [5]), ([5], []), ([], []), ([7], [7])]:
+        expected = len(set(x) & set(y)) / len(set(x) | set(y)) if x or y else 1.0  # two empty sets: identical
+        assert methods._jaccard_sorted(np.array(x, dtype=np.uint32), np.array(y, dtype=np.uint32)) == expected
+
+
+def test_texts_messages_in_full():
+    with pytest.raises(TypeError, match=r"^pass a collection of documents \(list, Series, Dataset\), not a single "
+                                        r"string$"):
+        dedup.exact("one")
+    with pytest.raises(TypeError, match=r"^cannot deduplicate a int; pass a list, Series, DataFrame or Dataset$"):
+        dedup.exact(3)
+    with pytest.raises(ValueError, match=r"^document 1 is NoneType \(None\), not text; drop or fill missing values "
+                                         r"first \(cookbook\.data\.clean\)$"):
+        dedup.exact(["a", None])
+
+
+def test_minhash_hands_its_settings_to_the_signatures(monkeypatch):
+    asked, sign = [], methods.minhash_signatures
+    monkeypatch.setattr(methods, "minhash_signatures", lambda texts, **kw: asked.append(kw) or sign(texts, **kw))
+    methods.minhash(["a b c", "a b d"], num_perm=16, k=2, seed=7, workers=1)
+    assert asked == [{"num_perm": 16, "k": 2, "seed": 7, "engine": "numpy", "workers": 1}]
