@@ -23,10 +23,17 @@ _ISO = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?
                   re.IGNORECASE)
 
 
+_NUMBER = "a number, not a timestamp (epoch values: pd.to_datetime(column, unit='s', utc=True) first)"
+
+
 def _parse_utc(value, assume_tz: str, dayfirst: bool) -> tuple[pd.Timestamp, str, bool]:
     """(the instant in UTC or NaT, how it was read or why it could not be, whether it is good)."""
     if pd.api.types.is_scalar(value) and pd.isna(value):  # None, NaN, NaT, pd.NA
         return pd.NaT, "missing", True
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        # pandas reads a bare number as nanoseconds since 1970 and the zone would then be guessed: an epoch's
+        # unit (s, ms, …) and its UTC-ness are the writer's to say, so a number is a bad value with that reason
+        return pd.NaT, _NUMBER, False
     try:
         if isinstance(value, str):
             text = value.strip()
@@ -56,7 +63,7 @@ def to_utc(df: pd.DataFrame, column: str, assume_tz: str = "UTC", errors: str = 
            dayfirst: bool = False) -> RuleResult:
     """Parse mixed timestamps (ISO with any offset, `Z`, naive strings, datetimes) to one UTC column.
 
-    Naive values are read in `assume_tz`. ISO 8601 values are always read as ISO; `dayfirst` applies to
+    Naive values are read in `assume_tz`; bare numbers are bad values (an epoch's unit is not in the number). ISO 8601 values are always read as ISO; `dayfirst` applies to
     the other formats only ("05/03/2024" is 5 March with `dayfirst=True`). Bad values are unparseable
     text, out-of-range dates, and naive times that do not exist (the hour skipped when clocks go forward)
     or are ambiguous (the hour repeated when they go back) in `assume_tz`: there is no right answer for

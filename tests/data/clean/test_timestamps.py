@@ -214,3 +214,14 @@ def test_to_utc_unparseable_cells_of_any_kind_and_an_all_missing_column():
     empty = clean.to_utc(pd.DataFrame({"t": [None, np.nan]}), "t")
     assert str(empty.frame["t"].dtype) == "datetime64[ns, UTC]" and empty.frame["t"].isna().all()
     assert empty.changed.empty and empty.removed.empty  # missing stays missing: not bad, not a change
+
+
+def test_bare_numbers_are_bad_values_that_say_how_to_read_an_epoch():
+    frame = pd.DataFrame({"t": [0, 1_700_000_000, 1.7e12, np.int64(5), "2024-03-05T10:00:00Z", True]})
+    with pytest.warns(UserWarning, match=r"rows 0, 1, 2, 3 a number, not a timestamp \(epoch values: "):
+        result = clean.to_utc(frame, "t", assume_tz="Europe/Oslo", errors="coerce")
+    assert result.frame["t"].isna().tolist() == [True] * 4 + [False, True]  # never 1970 in Oslo, never nanoseconds
+    reasons = result.changed.set_index("row")["reason"]
+    assert reasons[5] == "unparseable"  # a bool is no number of seconds either
+    # what the message advises reads seconds since 1970 in UTC: 1.7e9 s is 2023-11-14 22:13:20Z (by hand)
+    assert pd.to_datetime(frame["t"][1], unit="s", utc=True) == pd.Timestamp("2023-11-14 22:13:20", tz="UTC")
