@@ -20,6 +20,8 @@ def _check(ranked, targets, k: int) -> np.ndarray:
     ranked = np.asarray(ranked)
     if ranked.ndim != 2 or ranked.shape[1] < k:
         raise ValueError(f"ranked must be a (users, >= k={k}) array of item ids, got shape {ranked.shape}")
+    if len(ranked) == 0:
+        raise ValueError("no users: recall and NDCG are means over users, undefined for none")
     if len(targets) != len(ranked):
         raise ValueError(f"{len(ranked)} ranked lists but {len(targets)} target sets: one per user")
     empty = [i for i, t in enumerate(targets) if len(t) == 0]

@@ -73,3 +73,58 @@ def test_top_k_and_rank_metrics():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_recall_denominator_is_every_target_not_min_of_targets_and_k():
+    # issue 30's bug: |targets| capped at k. Top-2 of user 0 holds 2 of its 3 targets (2/3); user 1's top-2
+    # holds 1 of its 1 (1/1); user 2's holds 2 of its 4 (1/2). By hand: (2/3 + 1 + 1/2) / 3 = 13/18.
+    ranked = [[0, 1, 7], [4, 8, 9], [2, 3, 6]]
+    targets = [{0, 1, 5}, {8}, {2, 3, 10, 11}]
+    assert cs.recall_at_k(ranked, targets, 2) == pytest.approx(13 / 18, abs=1e-12)  # capped at k: 3/3 = 1.0
+
+
+def _top_k_by_sorting(scores, k):
+    """Reference: Python's sort on (-score, item id), row by row."""
+    return [sorted(range(len(row)), key=lambda i: (-row[i], i))[:k] for row in np.asarray(scores).tolist()]
+
+
+def test_top_k_breaks_ties_by_item_id_like_a_sort_on_score_then_id():
+    rng = np.random.default_rng(2)
+    scores = np.round(rng.random((3, 200)), 1)  # 11 distinct values over 200 items: long runs of ties
+    for k in (1, 17, 200):  # k = the number of items is allowed
+        assert cs.top_k(scores, k).tolist() == _top_k_by_sorting(scores, k)
+
+
+@pytest.mark.parametrize("scores, k, match", [
+    (np.zeros((2, 3)), 4, r"^scores must be a \(users, >= k=4 items\) matrix, got shape \(2, 3\)$"),
+    (np.zeros(5), 2, r"^scores must be a \(users, >= k=2 items\) matrix, got shape \(5,\)$"),
+    (np.zeros((2, 3)), 0, r"^k must be a positive int, got 0$"),
+])
+def test_top_k_bad_input(scores, k, match):
+    with pytest.raises(ValueError, match=match):
+        cs.top_k(scores, k)
+
+
+def test_users_without_targets_are_named_first_five():
+    ranked = np.arange(16).reshape(8, 2)
+    targets = [set(), {2}, set(), set(), set(), set(), set(), set()]  # users 0 and 2..7 have none
+    with pytest.raises(ValueError, match=r"^users \[0, 2, 3, 4, 5\] have no targets"):
+        cs.recall_at_k(ranked, targets, 2)
+
+
+@pytest.mark.parametrize("metric", [cs.recall_at_k, cs.ndcg_at_k])
+def test_no_users_is_refused(metric):
+    # a mean over no users is undefined: named, not NaN with a RuntimeWarning (recall) or max() of nothing (NDCG)
+    with pytest.raises(ValueError, match="^no users: recall and NDCG are means over users, undefined for none$"):
+        metric(np.zeros((0, 3), dtype=int), [], 2)
+
+
+@pytest.mark.parametrize("labels, scores, match", [
+    ([0, 2, 1], [0.1, 0.2, 0.3], r"^labels must be 0 or 1, got values \[2\]$"),  # 0 is a valid label
+    ([0, 1, 2, 3, 4, 5, 6, 7, 8], [0.0] * 9, r"^labels must be 0 or 1, got values \[2, 3, 4, 5, 6\]$"),
+    ([1, 0], [0.2, float("inf")], "^scores hold NaN or infinite values$"),
+    ([1, 0], [0.2, None], "^scores hold NaN or infinite values$"),  # a missing score reads as NaN
+])
+def test_auc_bad_input_messages(labels, scores, match):
+    with pytest.raises(ValueError, match=match):
+        cs.auc(labels, scores)
