@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,12 +28,22 @@ from cookbook.deploy.stack import Replica, scrape
 
 __all__ = ["MODEL_STATES", "WAITING_FOR_MODEL", "ReplicaProfile", "profile_replica", "py_spy", "thread_samples"]
 
-# The model thread's state in one sample: the first marker found in its stack, most specific first (generate
-# runs inside _serve, and the queue is read inside _collect as well as when idle).
-MODEL_STATES = (("generate (", "generating"), ("_Batcher._collect", "collecting a micro-batch"),
-                ("_Batcher._serve", "handing answers back"), ("Queue.get", "waiting for a request"))
-_HANDLER = "ModelServer._predict ("
-WAITING_FOR_MODEL = "Event.wait"  # a handler thread blocked until the model thread answers its request
+# The model thread's state in one sample: the first rule whose (function, file) is in its stack, most specific
+# first (generate runs inside _serve, and the queue is read inside _collect as well as when idle). Functions are
+# matched by their bare name: py-spy shows `Class.method` from Python 3.11 (co_qualname), `method` before.
+MODEL_STATES = ((("generate", "generate.py"), "generating"), (("_collect", "service.py"), "collecting a micro-batch"),
+                (("_serve", "service.py"), "handing answers back"), (("get", "queue.py"), "waiting for a request"))
+_HANDLER = ("_predict", "service.py")
+_WAIT = ("wait", "threading.py")  # a handler thread blocked on its request's Event until the model thread answers
+WAITING_FOR_MODEL = "waiting for the model"
+_FRAME = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def _frame(text: str) -> tuple[str, tuple[str, str]]:
+    """(the name py-spy shows, (bare function name, file's base name)) of one raw frame `name (path:line)`."""
+    match = _FRAME.match(text)
+    name, path = (match["name"], match["file"]) if match else (text, "")
+    return name, (name.rsplit(".", 1)[-1], path.replace("\\", "/").rsplit("/", 1)[-1])
 
 
 def py_spy() -> str | None:
@@ -43,21 +54,25 @@ def py_spy() -> str | None:
 def thread_samples(raw: str) -> tuple[dict[str, int], dict[str, int]]:
     """Samples per model-thread state and per handler function, from py-spy's `--threads --format raw` output.
 
-    Each raw line is `thread (id): name;frame;frame;… count`. The model thread (named "model") is counted by
-    `MODEL_STATES` ("other" where no marker matches); a handler thread by the function `ModelServer._predict`
-    was in ("_predict itself" when it was in no call). Other threads are left out.
+    Each raw line is `thread (id): name;frame;frame;… count`, a frame `function (file:line)`. The model thread
+    (named "model") is counted by `MODEL_STATES` ("other" where no rule matches); a handler thread by the
+    function `ModelServer._predict` was in: `WAITING_FOR_MODEL` while it waits for its answer, the function's
+    shown name otherwise, "_predict itself" when it was in no call. Other threads are left out.
     """
     model, handlers = {}, {}
     for line in raw.splitlines():
         if not line.strip():
             continue
-        frames, count = line.rsplit(" ", 1)
-        if frames.split(";", 1)[0].endswith(": model"):
-            state = next((name for marker, name in MODEL_STATES if marker in frames), "other")
+        stack, count = line.rsplit(" ", 1)
+        thread, *frames = stack.split(";")
+        frames = [_frame(f) for f in frames]
+        keys = [key for _, key in frames]
+        if thread.endswith(": model"):
+            state = next((name for rule, name in MODEL_STATES if rule in keys), "other")
             model[state] = model.get(state, 0) + int(count)
-        elif _HANDLER in frames:
-            inner = frames.split(_HANDLER, 1)[1].split(";")[1:2]
-            name = inner[0].split(" (")[0] if inner else "_predict itself"
+        elif _HANDLER in keys:
+            inner = frames[keys.index(_HANDLER) + 1:][:1]
+            name = ("_predict itself" if not inner else WAITING_FOR_MODEL if inner[0][1] == _WAIT else inner[0][0])
             handlers[name] = handlers.get(name, 0) + int(count)
     return model, handlers
 

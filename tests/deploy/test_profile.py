@@ -1,5 +1,6 @@
 """deploy.profile: py-spy's raw samples read by hand, and one real replica profiled from outside under load."""
 
+import re
 import subprocess
 import sys
 import time
@@ -28,8 +29,15 @@ def test_thread_samples_reads_each_threads_state_by_hand():
     model, handlers = deploy.thread_samples(RAW)
     assert model == {"generating": 70, "collecting a micro-batch": 10, "waiting for a request": 15,
                      "handing answers back": 4, "other": 1}
-    assert handlers == {"Event.wait": 90, "validate": 6, "_predict itself": 4}  # MainThread's wait is not a handler's
+    assert handlers == {deploy.WAITING_FOR_MODEL: 90, "validate": 6, "_predict itself": 4}  # not MainThread's wait
     assert deploy.thread_samples("") == ({}, {})
+
+
+def test_thread_samples_reads_python_3_10_frames_without_class_names_and_full_paths_alike():
+    # before 3.11 py-spy shows bare function names (no co_qualname); files may come as full paths
+    older = re.sub(r"(?<=;)\w+\.(\w+ \()", r"\1", RAW).replace("(service.py", "(/srv/cookbook/deploy/service.py")
+    assert "Queue.get" not in older and "(/srv/cookbook/deploy/service.py:" in older and "_Batcher" not in older
+    assert deploy.thread_samples(older) == deploy.thread_samples(RAW)
 
 
 def test_replica_profile_shares_and_time_per_generation():
