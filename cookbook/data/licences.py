@@ -44,7 +44,20 @@ def is_permissive(expression: str | None) -> bool:
 
 @functools.cache
 def _distributions() -> dict[str, list[str]]:
-    return importlib.metadata.packages_distributions()
+    """{top-level import name: [distributions providing it]}, read once per process.
+
+    `packages_distributions()` reads each distribution's `top_level.txt`; from Python 3.11 it also infers the
+    names from the installed files of a distribution that has none (numpy 2's meson wheels, for one). Python
+    3.10 does not, so that inference is done here for every Python: same result everywhere."""
+    found = {name: list(dists) for name, dists in importlib.metadata.packages_distributions().items()}
+    for dist in importlib.metadata.distributions():
+        if dist.read_text("top_level.txt") is not None or not dist.metadata["Name"]:
+            continue  # listed by packages_distributions() already
+        names = {f.parts[0] if len(f.parts) > 1 else f.stem for f in dist.files or () if f.suffix == ".py"}
+        for name in sorted(n for n in names if "." not in n):  # not ../bin paths
+            if dist.metadata["Name"] not in found.setdefault(name, []):
+                found[name].append(dist.metadata["Name"])
+    return found
 
 
 def _from_metadata(dist: str) -> str | None:
