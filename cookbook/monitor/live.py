@@ -140,7 +140,8 @@ class LiveView:
             self.lines.append(line)
             print(line, flush=True)
             return
-        figure = plots.loss_curves(monitor, title="loss (live)")
+        with plots.hidden():  # shown below, in the one output this view updates in place
+            figure = plots.loss_curves(monitor, title="loss (live)")
         table = "".join(f"<td style='padding:0 8px'><b>{k}</b><br>{_fmt(v)}</td>" for k, v in numbers.items())
         html = HTML(f"<table><tr>{table}</tr></table>")
         if self._handle is None:

@@ -3,7 +3,7 @@
 base (figure, bar, hist, lines, smoothing) · training (loss, gradients, lr, throughput, heatmaps, dashboard).
 """
 
-from cookbook.plots.base import STYLE, bar, figure, hist, lines, show, smooth
+from cookbook.plots.base import STYLE, bar, figure, hidden, hist, lines, show, smooth
 from cookbook.plots.training import (
     dashboard,
     expert_load_heatmap,
@@ -14,5 +14,5 @@ from cookbook.plots.training import (
     throughput,
 )
 
-__all__ = ["STYLE", "bar", "dashboard", "expert_load_heatmap", "figure", "grad_norm_heatmap", "grad_norms", "hist",
+__all__ = ["STYLE", "bar", "dashboard", "expert_load_heatmap", "figure", "grad_norm_heatmap", "grad_norms", "hidden", "hist",
            "lines", "loss_curves", "lr_schedule", "show", "smooth", "throughput"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -10,7 +12,7 @@ from IPython import get_ipython
 from IPython.core.pylabtools import print_figure
 from IPython.display import Image, display
 
-__all__ = ["STYLE", "bar", "figure", "hist", "lines", "show", "smooth"]
+__all__ = ["STYLE", "bar", "figure", "hidden", "hist", "lines", "show", "smooth"]
 
 STYLE = {
     "figure.dpi": 80,  # small PNGs keep committed notebooks light
@@ -38,16 +40,31 @@ def figure(ncols: int = 1, width: float = 6.0, height: float = 3.6, nrows: int =
     return fig, axes
 
 
+_HIDDEN = contextvars.ContextVar("cookbook_plots_hidden", default=False)
+
+
+@contextlib.contextmanager
+def hidden() -> Iterator[None]:
+    """Inside it, `plots.*` make and return their figures without showing them: for a caller that displays a
+    figure itself, as the live training view does in one output updated in place (notebooks/06 §5)."""
+    token = _HIDDEN.set(True)
+    try:
+        yield
+    finally:
+        _HIDDEN.reset(token)
+
+
 def show(fig):
     """Show `fig` where it is made (in a notebook kernel; nowhere else), close it, and return it.
 
     A figure returned by a call that is not the cell's last expression (a trailing `;`, an assignment, a loop)
     would otherwise be lost. Returned as the last expression of the same cell it is not shown a second time;
-    displayed again in a later cell, it is. Every `plots.*` function ends with it. Shown in notebooks/04 on.
+    displayed again in a later cell, it is. Inside `hidden()` it only closes the figure. Every `plots.*`
+    function ends with it. Shown in notebooks/04 on.
     """
     plt.close(fig)  # pyplot forgets it: no second copy when the cell ends
     shell = get_ipython()
-    if getattr(shell, "kernel", None) is None:
+    if getattr(shell, "kernel", None) is None or _HIDDEN.get():
         return fig
     display(fig)
     shown_in = shell.execution_count

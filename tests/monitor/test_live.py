@@ -1,7 +1,10 @@
 """The live view: text lines outside Jupyter, one updated display inside it."""
 
+import types
+
 from cookbook.monitor import TrainingMonitor, live
 from cookbook.monitor.live import LiveView, key_numbers
+from cookbook.plots import base as plots_base
 from tests.monitor.loops import healthy_loop, mlp
 
 
@@ -28,6 +31,9 @@ def test_live_view_updates_one_display_in_jupyter(monkeypatch):
             shown.append(("update", type(obj).__name__))
 
     monkeypatch.setattr(live, "display", lambda obj, display_id=None: Handle(obj))
+    # in a kernel, where plots.* show their own figures: the live view's must appear only through its handle
+    monkeypatch.setattr(plots_base, "get_ipython", lambda: types.SimpleNamespace(kernel=object(), execution_count=1))
+    monkeypatch.setattr(plots_base, "display", lambda obj: shown.append(("plots shows", type(obj).__name__)))
     mon = TrainingMonitor(hardware=False)
     mon.live = LiveView(mon, notebook=True, every_s=0.0, progress=False)
     healthy_loop(mlp(), steps=3, mon=mon)

@@ -37,3 +37,14 @@ def test_nothing_displayed_outside_a_kernel(monkeypatch):
         monkeypatch.setattr(base, "get_ipython", lambda shell=shell: shell)
         fig = plots.bar({"a": 1.0, "b": 2.0})
         assert shown == [] and not hasattr(fig, "_ipython_display_") and fig.axes[0].patches[1].get_height() == 2.0
+
+
+def test_hidden_makes_figures_without_showing_them_and_ends_with_its_block(monkeypatch):
+    shell, shown = FakeKernelShell(), []
+    monkeypatch.setattr(base, "get_ipython", lambda: shell)
+    monkeypatch.setattr(base, "display", shown.append)
+    with plots.hidden():
+        fig = plots.lines([0, 1], {"loss": [2.0, 1.0]})
+        assert shown == [] and not hasattr(fig, "_ipython_display_")  # the caller displays it as it likes
+        assert fig.number not in plt.get_fignums()  # still closed: no copy at the end of the cell either
+    assert plots.bar({"a": 1.0}) is shown[0]  # shown again after the block
