@@ -1,11 +1,16 @@
 """`python -m cookbook.scale.train_lm` on 2 CPU ranks (gloo): DDP and FSDP2 follow the single-process run step for
 step, an FSDP2 checkpoint resumes on 1 process and on 2 ranks, and a dead rank ends the job fast and clearly."""
 
+import contextlib
+import math
 import re
 import signal
 import time
+import types
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from cookbook import profiles, scale
 from cookbook.scale import checkpoint, train_lm
@@ -148,3 +153,212 @@ def test_a_frozen_rank_ends_the_job_after_the_timeout(tmp_path):
     # a stopped rank keeps its sockets open: only the process-group timeout ends the wait
     seconds = _dead_rank(tmp_path, signal.SIGSTOP, 5)
     assert 5 <= seconds < 5 + 40
+
+
+# -- _step and _evaluate on one simulated rank of two: fast, no process group --------------------------------------
+
+class _Rank:
+    """Stand-in for `launch.World`: `all_sum` adds what the other ranks contribute (given in call order)."""
+
+    def __init__(self, world_size, others=()):
+        self.world_size, self.others, self.device, self.calls = world_size, list(others), torch.device("cpu"), 0
+
+    def all_sum(self, value):
+        self.calls += 1
+        other = self.others.pop(0) if self.world_size > 1 else 0
+        return torch.as_tensor(value).detach().to(torch.float64) + torch.as_tensor(other, dtype=torch.float64)
+
+
+class _Bigram(torch.nn.Module):
+    """Next token from the current one (a linear layer over one-hot ids); records whether it ran in training mode."""
+
+    def __init__(self, vocab=13):
+        super().__init__()
+        self.vocab, self.modes = vocab, []
+        self.proj = torch.nn.Linear(vocab, vocab)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.linspace(-1, 1, vocab * vocab).reshape(vocab, vocab).sin())
+            self.proj.bias.copy_(torch.linspace(-0.5, 0.5, vocab))
+
+    def forward(self, input_ids, attention_mask=None):
+        self.modes.append(self.training)
+        return types.SimpleNamespace(logits=self.proj(F.one_hot(input_ids, self.vocab).float()))
+
+
+def _rank_batches():
+    """Two ranks x two micro-batches of 2 sequences with different target counts, and the whole step as one batch."""
+    rows = scale.ragged_counting(8, 7, 13, seed=1).rows
+    micro = [{k: v[i:i + 2] for k, v in rows.items()} for i in range(0, 8, 2)]
+    return micro[:2], micro[2:], rows
+
+
+def _mean_loss(model, rows):
+    """Reference: the big batch's mean next-token cross-entropy over its targets."""
+    logits = model(input_ids=rows["input_ids"]).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), rows["labels"][:, 1:].flatten(), ignore_index=-100)
+
+
+def _count(batches):
+    return sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+
+
+def _one_rank(batches, other_count, *, max_grad_norm=1e9, engine="none", balancer=None, others=()):
+    model = _Bigram()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    world = _Rank(2, [other_count, *others])
+    args = types.SimpleNamespace(engine=engine, precision="fp32", max_grad_norm=max_grad_norm)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, norm = train_lm._step(model, batches, optimizer, scheduler, balancer, world, args)
+    update = [b - p.detach() for b, p in zip(before, model.parameters(), strict=True)]  # SGD, lr 1: the gradient
+    return loss, norm, update, model, optimizer, scheduler
+
+
+def test_step_normalises_by_the_targets_of_every_rank():
+    """Two ranks' updates averaged (what DDP / FSDP do) = the gradient of the big batch's mean loss."""
+    rank0, rank1, rows = _rank_batches()
+    assert _count(rank0) != _count(rank1)  # uneven ranks: dividing by a rank's own count would be wrong
+    reference = _Bigram()
+    loss = _mean_loss(reference, rows)
+    loss.backward()
+    results = [_one_rank(rank0, _count(rank1)), _one_rank(rank1, _count(rank0))]
+    for i, grad in enumerate(p.grad for p in reference.parameters()):
+        assert torch.allclose((results[0][2][i] + results[1][2][i]) / 2, grad, rtol=1e-5, atol=1e-7)
+    # the logged loss: the mean over ranks of each rank's share x N
+    assert ((results[0][0] + results[1][0]) / 2).item() == pytest.approx(loss.item(), rel=1e-6)
+    for step_loss, norm, update, model, _, scheduler in results:
+        assert norm.item() == pytest.approx(torch.cat([u.flatten() for u in update]).norm().item(), rel=1e-5)
+        assert step_loss.shape == () and scheduler.last_epoch == 1
+        assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none=True)
+
+
+def test_step_clips_the_update_to_max_grad_norm_and_reports_the_norm_before():
+    rank0, rank1, _ = _rank_batches()
+    _, free_norm, *_ = _one_rank(rank0, _count(rank1))
+    _, norm, update, *_ = _one_rank(rank0, _count(rank1), max_grad_norm=0.01)
+    assert norm.item() == pytest.approx(free_norm.item(), rel=1e-6) and free_norm.item() > 0.01
+    assert torch.cat([u.flatten() for u in update]).norm().item() == pytest.approx(0.01, rel=1e-4)
+
+
+def test_step_syncs_gradients_on_the_last_micro_step_only(monkeypatch):
+    flags = []
+
+    @contextlib.contextmanager
+    def recording_sync(model, enabled):
+        flags.append((model, enabled))
+        yield
+
+    monkeypatch.setattr(train_lm.engines, "gradient_sync", recording_sync)
+    rank0, rank1, _ = _rank_batches()
+    *_, model, _, _ = _one_rank(rank0 + rank1[:1], _count(rank1[1:]))
+    assert flags == [(model, False), (model, False), (model, True)]  # the wrapped model: DDP's no_sync, FSDP2's flag
+
+
+class _Balancer:
+    """Stand-in for `models.LoadBalancer`: an expert load per (layer, expert), no aux loss."""
+
+    def __init__(self):
+        self.counts, self.seen, self.recorded = torch.tensor([[3, 1], [0, 5]]), [], 0
+
+    @contextlib.contextmanager
+    def recording(self):
+        self.recorded += 1
+        yield
+
+    def aux_loss(self):
+        return torch.zeros(())
+
+    def update_bias(self):
+        self.seen.append(self.counts.clone())
+
+
+def test_step_moves_the_routing_biases_by_the_load_of_every_rank():
+    rank0, rank1, _ = _rank_batches()
+    balancer = _Balancer()
+    _one_rank(rank0, _count(rank1), balancer=balancer, others=[torch.tensor([[1, 1], [2, 0]])])
+    assert len(balancer.seen) == 1 and torch.equal(balancer.seen[0], torch.tensor([[4, 2], [2, 5]]))
+    assert balancer.counts.dtype == torch.long and balancer.recorded == 2  # one recording per micro-batch
+
+
+class _DeepSpeedEngine(torch.nn.Module):
+    """Stand-in for a DeepSpeed engine: backward and step per micro-batch; records what it was given."""
+
+    def __init__(self, norm):
+        super().__init__()
+        self.module, self.norm, self.scaled, self.steps = _Bigram(), norm, [], 0
+
+    def forward(self, **batch):
+        return self.module(**batch)
+
+    def backward(self, loss, scale_wrt_gas=True):
+        self.scaled.append(scale_wrt_gas)
+        loss.backward()
+
+    def step(self):
+        self.steps += 1
+
+    def get_global_grad_norm(self):
+        return self.norm
+
+
+@pytest.mark.parametrize("norm", [0.5, None])
+def test_step_under_deepspeed_normalises_the_same_way(norm):
+    rank0, rank1, _ = _rank_batches()
+    torch_loss, _, update, *_ = _one_rank(rank0, _count(rank1))  # the torch path's, checked above
+    engine = _DeepSpeedEngine(norm)
+    world = _Rank(2, [_count(rank1), torch.zeros(2, 2)])
+    args = types.SimpleNamespace(engine="deepspeed", precision="fp32", max_grad_norm=1.0)
+    balancer = _Balancer()
+    loss, grad_norm = train_lm._step(engine, rank0, None, None, balancer, world, args)
+    for got, want in zip((p.grad for p in engine.module.parameters()), update, strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert engine.scaled == [False, False] and engine.steps == 2 and balancer.recorded == 2
+    assert (grad_norm.item() == norm) if norm is not None else math.isnan(grad_norm.item())
+    assert loss.item() == pytest.approx(torch_loss.item(), rel=1e-6)
+    assert len(balancer.seen) == 1  # the biases move once a step under DeepSpeed too
+
+
+def test_evaluate_divides_the_summed_losses_by_the_targets_of_every_rank():
+    dataset = scale.ragged_counting(7, 7, 13, seed=2)
+    mine = scale.validation_batches(dataset, micro_batch=2, rank=0, world_size=2)
+    theirs = scale.validation_batches(dataset, micro_batch=2, rank=1, world_size=2)
+    model = _Bigram()
+    with torch.no_grad():
+        their_sum = sum(_mean_loss(model, b) * _count([b]) for b in theirs if _count([b]))
+        reference = _mean_loss(model, dataset.rows).item()
+    model.modes.clear()
+    world = _Rank(2, [their_sum, _count(theirs)])
+    assert train_lm._evaluate(model, mine, world, "fp32") == pytest.approx(reference, rel=1e-6)
+    assert model.modes == [False] * len(mine) and model.training  # eval mode for the forwards, then back
+    alone = train_lm._evaluate(model, scale.validation_batches(dataset, micro_batch=3), _Rank(1), "fp32")
+    assert alone == pytest.approx(reference, rel=1e-6)
+
+
+def test_evaluate_runs_in_the_precision_asked_for():
+    dataset = scale.ragged_counting(4, 7, 13, seed=3)
+    batches = scale.validation_batches(dataset, micro_batch=4)
+    model = _Bigram()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = _mean_loss(model, dataset.rows).item()
+    got = train_lm._evaluate(model, batches, _Rank(1), "bf16")
+    assert got == pytest.approx(reference, rel=1e-6)
+    assert got != pytest.approx(train_lm._evaluate(model, batches, _Rank(1), "fp32"), rel=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["none", "deepspeed"])
+def test_step_runs_the_micro_batches_in_the_precision_asked_for(engine):
+    """bf16 autocast on the CPU: the step's loss is the bf16 forward's, each rank's share divided by count / N."""
+    rank0, rank1, _ = _rank_batches()
+    divisor = (_count(rank0) + _count(rank1)) / 2
+    reference_model = _Bigram()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = sum(_mean_loss(reference_model, b) * _count([b]) for b in rank0).item() / divisor
+    model = _DeepSpeedEngine(0.5) if engine == "deepspeed" else _Bigram()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    args = types.SimpleNamespace(engine=engine, precision="bf16", max_grad_norm=1e9)
+    loss, _ = train_lm._step(model, rank0, optimizer, scheduler, None, _Rank(2, [_count(rank1)]), args)  # no balancer
+    assert loss.item() == pytest.approx(reference, rel=1e-5)
+    with torch.no_grad():
+        in_fp32 = sum(_mean_loss(_Bigram(), b) * _count([b]) for b in rank0).item() / divisor
+    assert loss.item() != pytest.approx(in_fp32, rel=1e-5)  # bf16 really changes the loss here
