@@ -153,3 +153,35 @@ def test_perplexity_from_nll_equals_exp_of_torch_cross_entropy():
                        ((-1.0, 3), "finite sum"), ((math.nan, 3), "finite sum")]:
         with pytest.raises(ValueError, match=match):
             metrics.perplexity_from_nll(*bad)
+
+
+def test_rouge_stems_like_rouge_score_words_over_three_letters_only():
+    # Porter would cut "was" to "wa" and "his" to "hi"; rouge-score stems only words of more than 3 letters, so
+    # only "dogs"/"dog" match here
+    hyps, refs = ["was his dogs"], ["wa hi dog"]
+    got = metrics.rouge(hyps, refs, stemmer=True)
+    assert got == pytest.approx(_reference_rouge(hyps, refs, use_stemmer=True), abs=1e-12)
+    assert got["rouge1"] == pytest.approx(1 / 3) and got["rougeL"] == pytest.approx(1 / 3)
+    # non-ASCII words are kept as written (Porter would make "cafés" "café", matching the reference)
+    assert metrics.rouge_l(["cafés"], ["café"], stemmer=True) == 0.0
+
+
+def test_rouge_l_without_the_stemmer_by_default():
+    hyps, refs = ["the cats were running"], ["the cat was runs"]
+    assert metrics.rouge_l(hyps, refs) == pytest.approx(_reference_rouge(hyps, refs)["rougeL"], abs=1e-12)
+    assert metrics.rouge_l(hyps, refs, stemmer=True) == pytest.approx(
+        _reference_rouge(hyps, refs, use_stemmer=True)["rougeL"], abs=1e-12)
+    assert metrics.rouge_l(hyps, refs, stemmer=True) > metrics.rouge_l(hyps, refs)
+
+
+def test_chrf_defaults_to_sacrebleu_s_chrf_not_chrf_plus_plus():
+    hyps, refs = ENGLISH
+    assert metrics.chrf(hyps, refs) == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score, abs=1e-9)
+    assert metrics.chrf(hyps, refs) != pytest.approx(metrics.chrf(hyps, refs, word_order=1), abs=1e-6)
+
+
+@pytest.mark.parametrize("hyps, refs", [("abc", ["abc"]), (["abc"], "abc")])
+def test_one_string_instead_of_a_list_is_refused_either_side(hyps, refs):
+    with pytest.raises(TypeError, match=r"^pass lists of strings \(one hypothesis and one reference per example\), "
+                                        r"not one string$"):
+        metrics.bleu(hyps, refs)
