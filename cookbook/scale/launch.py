@@ -32,9 +32,11 @@ _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"
 _SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
 # Where a lost peer surfaces. NCCL's watchdog, the rendezvous store and the network raise torch's typed
 # DistError family; gloo raises a plain RuntimeError from inside the C++ collective, so its innermost Python
-# frame is torch.distributed's (a direct collective, FSDP2's all-gather) or autograd's engine (DDP's reducer
-# all-reduces during backward). An error raised by Python code anywhere else is not a lost peer, whatever its text.
-_COLLECTIVE_FRAMES = (os.path.join("torch", "distributed", ""), os.path.join("torch", "autograd", ""))
+# frame is torch.distributed's (a direct collective, FSDP2's all-gather), autograd's engine (DDP's reducer
+# all-reduces during backward) or DDP's module (its forward broadcasts the buffers: a frozen peer can time it
+# out there, as CI saw once). An error raised by Python code anywhere else is not a lost peer, whatever its text.
+_COLLECTIVE_FRAMES = tuple(os.path.join("torch", *parts, "") for parts in
+                           (("distributed",), ("autograd",), ("nn", "parallel")))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """cookbook.scale.launch (a world of one in this process) and cookbook.scale.engines (what can be checked on one rank)."""
 
+import inspect
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -66,6 +69,20 @@ def test_lost_peer_is_judged_by_type_and_where_it_was_raised_not_by_words(monkey
     assert lost_peer_message(_raised(words_only), world) is None
     assert lost_peer_message(_raised(lambda: int("timeout")), world) is None  # ValueError: any text, not a peer
     assert lost_peer_message(in_collective, World(0, 1, 0, torch.device("cpu"), "gloo", 30)) is None  # no peers
+
+
+def test_a_timeout_in_ddps_buffer_broadcast_is_a_lost_peer():
+    # DDP's forward broadcasts the module's buffers from torch/nn/parallel/distributed.py straight into C++; a
+    # frozen peer times it out there ("Timed out waiting 5000ms for send operation"): that frame, as torch has it
+    world = World(0, 2, 0, torch.device("cpu"), "gloo", 5)
+    ddp_file = inspect.getsourcefile(torch.nn.parallel.DistributedDataParallel)
+    assert ddp_file.endswith(os.path.join("torch", "nn", "parallel", "distributed.py"))
+    from_ddp = _raised(lambda: exec(compile("raise RuntimeError('Timed out waiting 5000ms for send operation')",
+                                            ddp_file, "exec")))
+    assert lost_peer_message(from_ddp, world).endswith("Cause: RuntimeError: Timed out waiting 5000ms for send operation")
+    elsewhere = _raised(lambda: exec(compile("raise RuntimeError('x')", os.path.join("torch", "nn", "modules", "a.py"),
+                                             "exec")))
+    assert lost_peer_message(elsewhere, world) is None  # torch.nn outside DDP's module: not a collective
 
 
 def test_an_unrelated_error_with_peer_words_keeps_its_traceback(monkeypatch):
