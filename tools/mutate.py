@@ -40,6 +40,7 @@ TESTS = {
     "finetune.lora": ["tests/finetune/test_lora.py"],
     "compress.quantize": ["tests/compress/test_quantize.py", "tests/compress/test_quantize_mutants.py"],
     "deploy.service": ["tests/deploy/test_validate.py"],  # run as deploy.service:validate
+    "evaluate.metrics": ["tests/evaluate/test_metrics.py", "tests/evaluate/test_text_metrics.py"],
 }
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 37: "caught by type check", None: "not checked"}
