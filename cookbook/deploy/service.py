@@ -108,9 +108,24 @@ class _Job:
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     result: Generation | None = None
     error: BaseException | None = None
+    ended_at: float | None = None  # time.monotonic() when gRPC ended the call (the client left, or its deadline)
 
     def gone(self) -> bool:
         return self.cancelled.is_set() or time.monotonic() > self.deadline
+
+    def end(self) -> None:
+        """gRPC's callback when the call ends: note when, and let the batch drop the row at its next step."""
+        self.ended_at = time.monotonic()
+        self.cancelled.set()
+
+    def client_left(self, active: bool) -> bool:
+        """Whether the client cancelled, rather than a deadline (the client's or the server's) running out.
+
+        Not by `active` alone: gRPC ends a call at the client's deadline too, and under load it can do so
+        before the handler wakes. `deadline` is never later than the client's (the clock is read before its
+        remaining time), so a call that ended before `deadline` was ended by the client."""
+        ended = self.ended_at if self.ended_at is not None else time.monotonic()
+        return not active and ended < self.deadline
 
 
 class _Batcher:
@@ -282,10 +297,11 @@ class ModelServer:
             except DecodeError as err:
                 raise InvalidRequest(f"request is not a valid PredictRequest ({err})") from None
             ids = validate(request, self.tokenizer, self.config)
+            now = time.monotonic()  # read before the remaining time: now + remaining is never past gRPC's deadline
             remaining = context.time_remaining()  # None without a client deadline
             budget = min(self.config.request_timeout_s, remaining if remaining is not None else math.inf)
-            job = _Job(ids, request.max_tokens, request.temperature, request.seed, time.monotonic() + budget)
-            context.add_callback(job.cancelled.set)  # runs when the RPC ends: a client cancel reaches the batch
+            job = _Job(ids, request.max_tokens, request.temperature, request.seed, now + budget)
+            context.add_callback(job.end)  # runs when the RPC ends: a client cancel reaches the batch
             self.batcher.queue.put(job)
             with self._arriving_lock:
                 self._arriving, arriving = self._arriving - 1, False
@@ -294,11 +310,11 @@ class ModelServer:
                 raise job.error
             if job.result is None or job.result.finish_reason == "cancelled":  # out of time, or client gone
                 job.cancelled.set()
-                if context.is_active():
+                if job.client_left(context.is_active()):
+                    code, message = grpc.StatusCode.CANCELLED, "the client cancelled the request"
+                else:
                     code, message = grpc.StatusCode.DEADLINE_EXCEEDED, \
                         f"not finished within {budget:.3g} s (request {request_id})"
-                else:
-                    code, message = grpc.StatusCode.CANCELLED, "the client cancelled the request"
             else:
                 result = job.result
                 response = pb.PredictResponse(

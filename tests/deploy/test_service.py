@@ -250,3 +250,45 @@ def test_collection_stops_at_max_batch_and_at_the_cap():
     assert [j.ids for j in capped._collect(_job(1))] == [[1]]  # someone "arriving" forever: the cap ends it
     with pytest.raises(ValueError, match="batch_max_wait_ms must be a finite number >= 0, got -1"):
         deploy.ServiceConfig(batch_max_wait_ms=-1)
+
+
+class _Context:
+    """A gRPC servicer context that the test ends itself, as gRPC would at a deadline or a client's cancel."""
+
+    def __init__(self, remaining):
+        self.deadline, self.callbacks, self.active, self.aborted = time.monotonic() + remaining, [], True, None
+
+    def time_remaining(self):
+        return self.deadline - time.monotonic()
+
+    def add_callback(self, callback):
+        self.callbacks.append(callback)
+        return True
+
+    def is_active(self):  # as gRPC has it: over once ended, or once the deadline has passed
+        return self.active and time.monotonic() < self.deadline
+
+    def end(self):
+        self.active = False
+        for callback in self.callbacks:
+            callback()
+
+    def abort(self, code, message):
+        self.aborted = code
+        raise grpc.RpcError(message)
+
+
+@pytest.mark.parametrize("ends_at, expected", [(0.05, "CANCELLED"), (0.3, "DEADLINE_EXCEEDED")])
+def test_status_says_who_ended_the_call_even_when_grpc_ends_it_before_the_handler_wakes(moe, tok, tmp_path,
+                                                                                        ends_at, expected):
+    # gRPC ends a call at the client's deadline as it does at a cancel; under load it can do so before the
+    # handler wakes, so "is the call still active?" cannot tell the two apart: the time it ended can
+    slow = _Slow(moe)
+    config = deploy.ServiceConfig(max_tokens_limit=64)
+    with deploy.ModelServer(slow, tok, config, metrics_port=None, audit_path=tmp_path / "a.jsonl") as server:
+        context = _Context(remaining=0.3)  # ended by the client at 0.05 s, or by gRPC at the deadline
+        threading.Timer(ends_at, context.end).start()
+        with pytest.raises(grpc.RpcError):
+            server._predict(pb.PredictRequest(prompt="x = 1", max_tokens=64).SerializeToString(), context)
+    assert context.aborted.name == expected
+    assert deploy.read_audit(tmp_path / "a.jsonl")["status"].tolist() == [expected]
