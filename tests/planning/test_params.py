@@ -3,6 +3,8 @@
 import inspect
 import math
 import re
+import types
+from fractions import Fraction
 
 import pytest
 import torch
@@ -332,3 +334,142 @@ def test_every_expert_active_when_top_k_is_all_of_them():
     config.num_experts_per_tok = config.n_routed_experts  # k = n: the boundary is allowed
     counts = planning.count_params(config)
     assert counts["active"] == counts["total"]
+
+
+# ----------------------------------------------------------------------------- added for mutation testing (issue 30)
+@pytest.fixture(autouse=True)
+def _fresh_inventory(monkeypatch):
+    """Each test counts from scratch: `_inventory` caches per config, so a test would otherwise read what an
+    earlier test (or mutation testing's first, unmutated pass) computed and check nothing of its own."""
+    monkeypatch.setattr(params, "_INVENTORY", {})
+
+
+def test_gpt_oss_and_dbrx_parts_by_hand():
+    d, n, layers, vocab = 32, 4, 2, 64
+    oss = planning.count_params(transformers.GptOssConfig(**MOE_FAMILIES["GptOss"][0]))
+    assert oss["router"] == layers * (n * d + n)  # mlp.router: weight and bias
+    dbrx = transformers.DbrxConfig(**MOE_FAMILIES["Dbrx"][0])
+    parts = planning.count_params(dbrx)
+    assert parts["embeddings"] == 2 * vocab * d  # transformer.wte and the untied lm_head
+    assert parts["router"] == layers * n * d
+    attention = d * (d + 2 * 2 * 8) + d * d  # Wqkv (q, then k and v of 2 KV heads of 8) and out_proj
+    experts = 2 * 3 * 24 * d  # top-2 of the 4 experts' w1, v1 and w2 rows (each expert 24 rows of d)
+    assert planning.matmul_params(dbrx) == layers * (attention + n * d + experts) + vocab * d
+
+
+def test_afmoe_expert_bias_is_part_of_the_router():
+    if "afmoe" not in CONFIG_MAPPING:
+        pytest.skip("this transformers has no afmoe")
+    d, n = 32, 4
+    config = CONFIG_MAPPING["afmoe"](hidden_size=d, num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                                     intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
+                                     num_experts=n, num_experts_per_tok=2, num_dense_layers=1, head_dim=8)
+    parts = planning.count_params(config)
+    assert parts["router"] == n * d + n  # one MoE layer: router.gate (n x d) and the block's own expert_bias (n)
+    assert parts["total"] == torch_count(config)
+
+
+def test_gemma4_block_on_the_decoder_layer_with_as_many_experts_as_width():
+    """Gemma 4's MoE block is the decoder layer itself; with n = d experts a norm gain (d,) looks like a per-expert
+    vector by shape alone, and attention sits in the same block: neither is router."""
+    d, n, layers, vocab = 32, 32, 2, 64
+    kwargs = {**MOE_FAMILIES["Gemma4Text"][0], "num_experts": n}
+    config = transformers.Gemma4TextConfig(**kwargs)
+    parts = planning.count_params(config)
+    assert parts["router"] == layers * (d + n + n * d)  # router.scale, router.per_expert_scale, router.proj
+    assert parts["dense_mlp"] == layers * 3 * d * 48
+    assert parts["embeddings"] == vocab * d  # tied head
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert parts["attention"] == sum(p.numel() for name, p in model.named_parameters() if ".self_attn." in name)
+    assert parts["norms"] == sum(p.numel() for name, p in model.named_parameters() if "norm" in name
+                                 and ".self_attn." not in name)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, n=4, top_k=3):
+        super().__init__()
+        self.gate = torch.nn.Linear(8, n, bias=False)
+        self.experts = torch.nn.ModuleList(torch.nn.Linear(8, 16) for _ in range(n))
+        self.top_k = top_k
+
+
+def test_expert_containers_found_by_structure_not_by_path():
+    config = LlamaConfig()
+    assert params._expert_groups(_Block(), config) == {"experts": (4, 3)}  # the model is the MoE block itself
+    trunk = torch.nn.Module()
+    trunk.shared_trunk = torch.nn.ModuleList([_Block()])  # "shared" in a parent's name: still routed experts
+    assert params._expert_groups(trunk, config) == {"shared_trunk.0.experts": (4, 3)}
+    # three experts of Linear(8, 16): a ModuleList holds whole experts, whatever their shapes
+    three = params._classify("layers.0.experts.2.weight", (16, 8), {"layers.0.experts": (3, 1)})
+    assert (three.part, three.share, three.matrix) == ("routed_experts", Fraction(1, 3), True)
+    with pytest.raises(ValueError, match=r"^layers\.0\.experts\.w \(6, 8\): not stacked over the 4 experts of "
+                                         r"layers\.0\.experts$"):
+        params._classify("layers.0.experts.w", (6, 8), {"layers.0.experts": (4, 2)})
+
+
+def test_expert_layouts_that_cannot_be_counted_are_named():
+    config = LlamaConfig()
+    block = _Block()
+    block.gate.top_k = 2  # the router says 2, the block 3
+    with pytest.raises(ValueError, match=r"^experts: the MoE block around it has several top_k values \[2, 3\]$"):
+        params._expert_groups(block, config)
+
+    class FooExperts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.empty(4, 8, 8))
+
+    model = torch.nn.Module()
+    model.experts = FooExperts()
+    with pytest.raises(ValueError, match=r"cannot tell how many experts experts \(FooExperts\) holds"):
+        params._expert_groups(model, config)
+
+    class Router(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.top_k, self.num_experts = 1, n
+
+    model = torch.nn.Module()
+    model.router = Router(2)  # routes to 2 experts that are nowhere
+    message = ("llama: router (Router) routes tokens to experts that are neither an `...Experts` module nor a "
+               "ModuleList named `experts`; count_params cannot tell which weights are routed")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        params._expert_groups(model, config)
+    model.router = Router(1)  # one expert takes every token: nothing is routed
+    assert params._expert_groups(model, config) == {}
+
+
+def test_top_k_from_a_text_sub_config_and_the_full_field_list():
+    text = type("Text", (), {"num_experts_per_tok": 2})()
+    config = type("Multimodal", (), {"model_type": "mm", "get_text_config": lambda self: text})()
+    assert params._top_k(torch.nn.Module(), config, "experts", 8) == 2
+    bare = type("Bare", (), {"model_type": "bare"})()
+    with pytest.raises(ValueError, match=re.escape(f"(top-k None); set one of {', '.join(K_FIELDS)} in the config")):
+        params._top_k(torch.nn.Module(), bare, "experts", 8)
+
+
+def test_counts_are_ints_not_bools_or_floats():
+    assert params._int(3) == 3 and params._int(True) is None and params._int(2.0) is None and params._int(None) is None
+
+
+def test_not_a_config_is_named():
+    with pytest.raises(TypeError, match="got dict$"):
+        planning.count_params({"hidden_size": 8, "model_type": "llama"})
+    with pytest.raises(TypeError, match="got SimpleNamespace$"):  # a model_type alone does not make a config
+        planning.count_params(types.SimpleNamespace(model_type="llama"))
+
+
+def test_a_container_inside_a_container_is_one_group():
+    """named_modules lists parents first: experts kept inside an `...Experts` module belong to its group."""
+
+    class PackedExperts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.num_experts = 4
+            self.experts = torch.nn.ModuleList(torch.nn.Linear(8, 16) for _ in range(4))
+
+    model = torch.nn.Module()
+    model.moe = torch.nn.Module()
+    model.moe.experts, model.moe.top_k = PackedExperts(), 2
+    assert params._expert_groups(model, LlamaConfig()) == {"moe.experts": (4, 2)}
