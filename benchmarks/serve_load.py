@@ -36,22 +36,15 @@ def _load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _batches(replicas) -> tuple[float, float]:
-    """(batched generations, requests in them) so far, summed over the replicas' metrics."""
-    samples = [deploy.scrape(r.metrics_url) for r in replicas]
-    return (sum(m.get(("inference_batch_size_count", ()), 0.0) for m in samples),
-            sum(m.get(("inference_batch_size_sum", ()), 0.0) for m in samples))
-
-
 def service(address: str, label: str, concurrency: int, replicas, *, requests: int, max_tokens: int,
             seconds: float) -> dict:
     """A warm-up, then `requests` Predict calls from `concurrency` clients (bounded by `seconds`); the mean
     micro-batch the replicas formed meanwhile (from their metrics) says whether requests met in one batch."""
     deploy.load_test(address, concurrency=concurrency, requests=4 * concurrency, max_tokens=max_tokens)
-    before = _batches(replicas)
+    before = deploy.batch_counts(replicas)
     r = deploy.load_test(address, concurrency=concurrency, requests=requests, duration_s=seconds,
                          max_tokens=max_tokens)
-    after = _batches(replicas)
+    after = deploy.batch_counts(replicas)
     return {"setup": label, "concurrency": concurrency, "n": r.ok, "qps": r.qps, "p50_ms": r.p50_ms,
             "p99_ms": r.p99_ms, "errors": sum(r.errors.values()),
             "mean_batch": (after[1] - before[1]) / max(after[0] - before[0], 1)}

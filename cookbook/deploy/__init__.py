@@ -36,6 +36,7 @@ from cookbook.deploy.profile import (
     MODEL_STATES,
     WAITING_FOR_MODEL,
     ReplicaProfile,
+    batch_counts,
     profile_replica,
     py_spy,
     thread_samples,
@@ -67,7 +68,7 @@ from cookbook.deploy.stack import (
 )
 from cookbook.deploy.triton import check_triton_config, parse_triton_config, triton_config, triton_repository
 
-__all__ = ["EXPERTS_FOR_ONNX", "LATENCY_BUCKETS", "MODEL_STATES", "ORT_LEVELS", "PROMPTS", "SERVICE", "WAITING_FOR_MODEL", "AuditLog", "ExportResult",
+__all__ = ["EXPERTS_FOR_ONNX", "LATENCY_BUCKETS", "MODEL_STATES", "ORT_LEVELS", "PROMPTS", "SERVICE", "WAITING_FOR_MODEL", "AuditLog", "ExportResult", "batch_counts",
            "Generation", "InvalidRequest", "LoadResult", "LogitsOnly", "ModelServer", "OnnxRunner", "Nginx", "Process", "Prometheus",
            "Replica", "ReplicaProfile", "ServiceConfig", "Stack", "Starting", "check_input_ids", "check_triton_config", "custom_ops", "dynamic_shapes",
            "experts_implementation", "export_limits", "fingerprint", "free_port", "generate", "generation_ceiling", "load_sweep", "load_test", "nginx_config",

@@ -26,7 +26,7 @@ from cookbook.checks import positive_int
 from cookbook.deploy.load import LoadResult, load_test
 from cookbook.deploy.stack import Replica, scrape
 
-__all__ = ["MODEL_STATES", "WAITING_FOR_MODEL", "ReplicaProfile", "profile_replica", "py_spy", "thread_samples"]
+__all__ = ["MODEL_STATES", "WAITING_FOR_MODEL", "ReplicaProfile", "batch_counts", "profile_replica", "py_spy", "thread_samples"]
 
 # The model thread's state in one sample: the first rule whose (function, file) is in its stack, most specific
 # first (generate runs inside _serve, and the queue is read inside _collect as well as when idle). Functions are
@@ -107,9 +107,11 @@ class ReplicaProfile:
         return 1000 * self.model_shares().get("generating", 0.0) * self.load.seconds / self.batches
 
 
-def _batch_histogram(replica: Replica) -> tuple[int, int]:
-    metrics = scrape(replica.metrics_url)  # the replica's own count of batches and of the requests in them
-    return int(metrics[("inference_batch_size_count", ())]), int(metrics[("inference_batch_size_sum", ())])
+def batch_counts(replicas) -> tuple[int, int]:
+    """(batched generations, requests in them) so far, from the replicas' own metrics, summed over them."""
+    samples = [scrape(r.metrics_url) for r in replicas]
+    return (int(sum(m.get(("inference_batch_size_count", ()), 0.0) for m in samples)),
+            int(sum(m.get(("inference_batch_size_sum", ()), 0.0) for m in samples)))
 
 
 def profile_replica(replica: Replica, *, concurrency: int, max_tokens: int, seconds: int = 1, rate: int = 1000,
@@ -128,7 +130,7 @@ def profile_replica(replica: Replica, *, concurrency: int, max_tokens: int, seco
         raise RuntimeError("py-spy is not installed: it comes with the serve extra (pip install -e '.[serve]')")
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(output) if output is not None else Path(scratch) / "py-spy.txt"
-        before = _batch_histogram(replica)
+        before = batch_counts([replica])
         with ThreadPoolExecutor(1) as pool:
             running = pool.submit(load_test, replica.address, concurrency=concurrency, requests=1_000_000,
                                   duration_s=seconds + 1, max_tokens=max_tokens)
@@ -136,7 +138,7 @@ def profile_replica(replica: Replica, *, concurrency: int, max_tokens: int, seco
                                       "--rate", str(rate), "--nonblocking", "--threads", "--idle", "--format", "raw",
                                       "--output", str(path)], capture_output=True, text=True)
             load = running.result()
-        after = _batch_histogram(replica)
+        after = batch_counts([replica])
         if sampled.returncode != 0:
             reason = (sampled.stderr.strip() or "no message").splitlines()[0]
             raise RuntimeError(f"py-spy could not sample the replica ({reason}); it needs ptrace rights: run as "
