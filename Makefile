@@ -103,8 +103,8 @@ offline-install:
 # Mutation testing (tools/mutate.py, mutmut) of chosen modules against their own tests, at low priority; slow, so
 # not part of make test: make mutate MODULES="planning.memory train.loss deploy.service:validate" [BUDGET=900]
 mutate: $(STAMP)
-	@test -n "$(MODULES)" || { echo 'usage: make mutate MODULES="planning.memory data.dedup" [BUDGET=seconds per module]' >&2; exit 2; }
-	nice -n 15 $(BIN)/python tools/mutate.py $(MODULES) $(if $(BUDGET),--budget $(BUDGET))
+	@test -n "$(MODULES)" || { echo 'usage: make mutate MODULES="planning.memory data.dedup" [BUDGET=seconds per module] [SURVIVORS=1]' >&2; exit 2; }
+	nice -n 15 $(BIN)/python tools/mutate.py $(MODULES) $(if $(BUDGET),--budget $(BUDGET)) $(if $(SURVIVORS),--survivors)
 
 # The optional system programs (nginx, Prometheus: notebook 12's serving stack; Chromium: make test-browser).
 # Nothing needs them: without them notebook 12 says what it skips and the browser tests skip. Homebrew on macOS,

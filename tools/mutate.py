@@ -100,11 +100,22 @@ def prepare(work: Path, sources: list[Path], tests: list[str]) -> None:
         "use_git_change_detection = false\n")
 
 
-def run_mutmut(work: Path, function: str | None, sources: list[Path], budget: float, children: int) -> bool:
-    """Run mutmut in `work`; False when the budget ran out (the mutants checked so far still count)."""
-    names = []
-    if function:
-        names = [f"{_dotted(s)}.x_{function}__mutmut_*" for s in sources]
+def refresh(work: Path, sources: list[Path]) -> None:
+    """Give an earlier run's work folder this tree's tests, keeping its mutants and their results: only right
+    while the mutated files are unchanged (an edit renumbers the mutants)."""
+    if not (work / "mutants").is_dir():
+        raise SystemExit(f"--survivors: no earlier run in {work}; run the module without --survivors first")
+    changed = [str(s.relative_to(ROOT)) for s in sources if (work / s.relative_to(ROOT)).read_bytes() != s.read_bytes()]
+    if changed:
+        raise SystemExit(f"--survivors: {changed} changed since the run in {work}, so its mutants are other mutants; "
+                         "run the module again without --survivors")
+    shutil.rmtree(work / "tests")
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def run_mutmut(work: Path, names: list[str], budget: float, children: int) -> bool:
+    """Run mutmut in `work` on the named mutants (all when none); False when the budget ran out (the mutants
+    checked so far still count)."""
     env = {**os.environ, "COOKBOOK_PROFILE": "smoke", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONDONTWRITEBYTECODE": "1"}
     mutmut = Path(sys.executable).with_name("mutmut")
@@ -192,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=900, help="seconds per module (default 900)")
     parser.add_argument("--children", type=int, default=2, help="parallel mutant workers (default 2)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "mutate")
+    parser.add_argument("--survivors", action="store_true",
+                        help="re-run only the last run's survivors and unchecked mutants against this tree's tests")
     parser.add_argument("--no-diff", action="store_true", help="list surviving mutants without their diffs")
     args = parser.parse_args(argv)
     equivalent = equivalents()
@@ -202,9 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"-- {module}: mutating {[str(s.relative_to(ROOT)) for s in sources]}"
               f"{f' (function {function})' if function else ''} against {tests}; budget {args.budget:.0f} s",
               flush=True)
-        prepare(work, sources, tests)
+        if args.survivors:
+            refresh(work, sources)
+            names = [n for n, s in results(work, sources, function).items()
+                     if s not in ("killed", "timeout", "skipped") and n not in equivalent]
+        else:
+            prepare(work, sources, tests)
+            names = [f"{_dotted(s)}.x_{function}__mutmut_*" for s in sources] if function else []
         start = time.monotonic()
-        finished = run_mutmut(work, function, sources, args.budget, args.children)
+        finished = run_mutmut(work, names, args.budget, args.children) if names or not args.survivors else True
         statuses = results(work, sources, function)
         summary.append(report(module, statuses, equivalent, finished, time.monotonic() - start, work,
                               not args.no_diff))

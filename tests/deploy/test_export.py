@@ -125,3 +125,14 @@ def test_runner_needs_limits_for_a_file_that_declares_none(onnx_files, tmp_path)
     runner = deploy.OnnxRunner(foreign, "basic", max_batch=2, max_seq=8)
     with pytest.raises(ValueError, match="batch 3 exceeds the export's limit of 2"):
         runner(np.zeros((3, 4), dtype=np.int64))
+
+
+def test_check_input_ids_by_itself_takes_tensors_and_any_integer_dtype_at_the_limits():
+    from cookbook.deploy.export import check_input_ids
+
+    limits = {"vocab_size": 10, "max_batch": 2, "max_seq": 3}
+    ids = check_input_ids(torch.tensor([[0, 9, 4], [9, 0, 1]], dtype=torch.int32), **limits)
+    assert ids.dtype == np.int64 and ids.tolist() == [[0, 9, 4], [9, 0, 1]]
+    assert check_input_ids(np.array([[9]], dtype=np.uint8), **limits).tolist() == [[9]]
+    with pytest.raises(ValueError, match=r"^token id 11 at \[1, 1\] .* 0\.\.9 \(2 bad id\(s\) in all\)$"):
+        check_input_ids([[0, 1, 2], [3, 11, 10]], **limits)  # the first bad id in row order is named

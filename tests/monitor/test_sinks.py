@@ -69,3 +69,58 @@ def test_hardware_sample_reports_what_is_there():
         assert not any(k.startswith(("cuda", "gpu")) for k in sample)
     psutil = pytest.importorskip("psutil")
     assert sample["rss_gb"] == pytest.approx(psutil.Process().memory_info().rss / 2**30, rel=0.2)
+
+
+def _alert(step, kind="spike"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(step=step, kind=kind, value=9.0, threshold=3.0, message=f"{kind} at {step}")
+
+
+def test_jsonl_sink_by_itself_nulls_non_finite_values_and_appends_after_close(tmp_path):
+    sink = sinks.JsonlSink(tmp_path / "sub" / "log.jsonl")  # makes the folder
+    sink.write({"step": 0, "loss": torch.tensor(2.5), "skipped": False}, {"0": float("inf")})
+    sink.alert(_alert(0))
+    sink.close()
+    sink.write({"step": 1, "loss": float("nan")}, {})  # a resumed run keeps appending
+    sink.close()
+    sink.close()  # twice is fine
+    records = [json.loads(line) for line in (tmp_path / "sub" / "log.jsonl").read_text().splitlines()]
+    assert records == [
+        {"type": "step", "step": 0, "loss": 2.5, "skipped": False, "layer_grad_norm": {"0": None}},
+        {"type": "alert", "step": 0, "kind": "spike", "value": 9.0, "threshold": 3.0, "message": "spike at 0"},
+        {"type": "step", "step": 1, "loss": None},
+    ]
+
+
+def test_csv_sink_by_itself_widens_its_header_and_keeps_alerts_apart(tmp_path):
+    (tmp_path / "m.csv").write_text("stale\n")  # a new sink starts a new log
+    sink = sinks.CsvSink(tmp_path / "m.csv")
+    sink.write({"step": 0, "loss": 2.0}, {"0": 1.0})
+    sink.write({"step": 1, "loss": 1.5}, {})
+    sink.write({"step": 2, "loss": 1.0, "val_loss": 1.25}, {})
+    sink.write({"step": 3, "loss": float("inf")}, {})
+    sink.alert(_alert(1))
+    sink.alert(_alert(3, "stalled"))
+    sink.close()
+    assert (tmp_path / "m.csv").read_text().splitlines() == [
+        "step,loss,val_loss", "0,2.0,", "1,1.5,", "2,1.0,1.25", "3,,"]
+    assert (tmp_path / "m.alerts.csv").read_text().splitlines() == [
+        "step,kind,value,threshold,message", "1,spike,9.0,3.0,spike at 1", "3,stalled,9.0,3.0,stalled at 3"]
+
+
+def test_tensorboard_sink_by_itself_files_each_key_under_its_group(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sink = sinks.TensorBoardSink(tmp_path)
+    sink.write({"step": 4, "loss": 2.0, "val_loss": 1.5, "rss_gb": 0.5, "note": "x", "lr": None,
+                "bad": float("nan")}, {"blocks.0": 0.25, "blocks.1": float("nan")})
+    sink.alert(_alert(4))
+    sink.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert scalars == {"train/loss": [(4, 2.0)], "val/val_loss": [(4, 1.5)], "hw/rss_gb": [(4, 0.5)],
+                       "grad_norm/blocks.0": [(4, 0.25)]}
+    assert events.Tags()["tensors"] == ["alerts/spike/text_summary"]

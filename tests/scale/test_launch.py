@@ -118,3 +118,21 @@ def test_decoder_layers_and_bad_engines():
         engines.decoder_layers(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="wrap handles engines none, ddp and fsdp2, got 'zero'"):
         engines.wrap(model, "zero", World(0, 1, 0, torch.device("cpu"), "gloo", 30))
+
+
+def test_full_value_gathers_a_dtensor_and_passes_a_plain_tensor_through(monkeypatch):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    plain = torch.ones(2)
+    assert engines.full_value(plain) is plain
+    with launch.session(timeout_s=5, device="cpu"):
+        whole = torch.arange(6.0).reshape(3, 2)
+        shard = distribute_tensor(whole, init_device_mesh("cpu", (1,)), [Shard(0)])
+        norm = torch.linalg.vector_norm(shard)  # what clip_grad_norm_ returns under FSDP2: a DTensor
+        assert isinstance(norm, DTensor)
+        for value, expected in ((shard, whole), (norm, torch.tensor(55.0).sqrt())):
+            out = engines.full_value(value)
+            assert type(out) is torch.Tensor and torch.equal(out, expected)

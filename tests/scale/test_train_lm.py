@@ -362,3 +362,15 @@ def test_step_runs_the_micro_batches_in_the_precision_asked_for(engine):
     with torch.no_grad():
         in_fp32 = sum(_mean_loss(_Bigram(), b) * _count([b]) for b in rank0).item() / divisor
     assert loss.item() != pytest.approx(in_fp32, rel=1e-5)  # bf16 really changes the loss here
+
+
+def test_write_state_only_rank_0_writes_and_every_rank_waits(tmp_path):
+    barriers = []
+    other = types.SimpleNamespace(main=False, barrier=lambda: barriers.append("other"))
+    checkpoint.write_state(tmp_path, other, {"step": 0})
+    assert list(tmp_path.iterdir()) == []
+    main = types.SimpleNamespace(main=True, barrier=lambda: barriers.append("main"))
+    checkpoint.write_state(tmp_path, main, {"step": 7, "lr": 0.5})
+    assert barriers == ["other", "main"]
+    assert [p.name for p in tmp_path.iterdir()] == ["train_state.json"]  # written whole, no .tmp left
+    assert checkpoint.read_state(tmp_path) == {"step": 7, "lr": 0.5}
