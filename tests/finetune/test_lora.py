@@ -1,11 +1,14 @@
 """LoRA with peft: targets per architecture, every requested weight adapted, hand counts, merge, adapter round trip."""
 
 import re
+import shutil
 
+import pandas as pd
 import pytest
 import safetensors.torch
 import torch
 from peft import PeftModel
+from peft.tuners.lora import LoraLayer
 
 from cookbook import models, train
 from cookbook.finetune import lora
@@ -60,11 +63,15 @@ def test_auto_targets_of_deepseek_v3_cover_mla_dense_shared_and_routed_experts()
         assert lora.lora_targets(model, group) == sorted(names)
     assert lora.lora_targets(model, "mlp.down_proj") == ["model.layers.0.mlp.down_proj.weight"]
     assert lora.lora_targets(model, "down_proj") == [  # peft's suffix rule: the routed experts' tensor too
-        "model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.experts.down_proj",
-        "model.layers.1.mlp.shared_experts.down_proj.weight"]
+        "model.layers.0.mlp.down_proj.weight",
+        "model.layers.1.mlp.experts.down_proj",
+        "model.layers.1.mlp.shared_experts.down_proj.weight",
+    ]
     assert lora.lora_targets(model, ["q_a_proj", "experts.down_proj"]) == [
-        "model.layers.0.self_attn.q_a_proj.weight", "model.layers.1.mlp.experts.down_proj",
-        "model.layers.1.self_attn.q_a_proj.weight"]
+        "model.layers.0.self_attn.q_a_proj.weight",
+        "model.layers.1.mlp.experts.down_proj",
+        "model.layers.1.self_attn.q_a_proj.weight",
+    ]
 
 
 def test_auto_targets_of_llama_are_qkvo_and_mlp():
@@ -76,9 +83,18 @@ def test_auto_targets_of_llama_are_qkvo_and_mlp():
     assert lora.adapted(wrapped) == dict.fromkeys(expected, R)
 
 
-@pytest.mark.parametrize("targets", ["auto", "dense_mlp", "shared_experts", "routed_experts",
-                                     ["attention", "shared_experts"], ["mlp.gate_proj", "shared_experts.up_proj"],
-                                     ["gate_proj", "up_proj", "down_proj"]])
+@pytest.mark.parametrize(
+    "targets",
+    [
+        "auto",
+        "dense_mlp",
+        "shared_experts",
+        "routed_experts",
+        ["attention", "shared_experts"],
+        ["mlp.gate_proj", "shared_experts.up_proj"],
+        ["gate_proj", "up_proj", "down_proj"],
+    ],
+)
 def test_every_requested_weight_carries_an_adapter_and_nothing_else(targets):
     """peft 0.21 alone turns gate/up/down_proj targets into the routed experts (huggingface/peft#3711)."""
     want = lora.lora_targets(_deepseek(), targets)
@@ -94,8 +110,11 @@ def test_each_adapter_is_in_the_forward_path():
     batch, base = _batch(), _logits(model, _batch())
     for weight in want:
         owner = model.get_submodule("base_model.model." + weight.rsplit(".", 1)[0])
-        layer = next(m for m in [owner, *owner.modules()] if getattr(m, "parameter_name", "weight") ==
-                     weight.rsplit(".", 1)[1] and hasattr(m, "lora_B"))
+        layer = next(
+            m
+            for m in [owner, *owner.modules()]
+            if getattr(m, "parameter_name", "weight") == weight.rsplit(".", 1)[1] and hasattr(m, "lora_B")
+        )
         with torch.no_grad():
             layer.lora_B["default"].weight.fill_(0.05)
             changed = not torch.allclose(_logits(model, batch), base)
@@ -153,8 +172,9 @@ def test_merge_without_parity_is_undone():
 
 
 def test_adapter_round_trip_onto_a_fresh_base(tmp_path):
-    model = lora.apply_lora(_deepseek(), r=R, alpha=2 * R, targets=["attention", "dense_mlp", "shared_experts",
-                                                                       "routed_experts"])
+    model = lora.apply_lora(
+        _deepseek(), r=R, alpha=2 * R, targets=["attention", "dense_mlp", "shared_experts", "routed_experts"]
+    )
     _randomize_adapters(model)
     batch, want = _batch(), _logits(model, _batch())
     model.save_pretrained(str(tmp_path))
@@ -194,11 +214,15 @@ def test_bad_targets_and_settings_are_named():
 
 def test_group_of_reads_base_and_peft_names():
     assert lora.group_of("model.layers.1.mlp.shared_experts.up_proj.weight") == "shared_experts"
-    assert lora.group_of("base_model.model.model.layers.1.mlp.experts.base_layer.lora_A.default.weight") == \
-        "routed_experts"
+    assert (
+        lora.group_of("base_model.model.model.layers.1.mlp.experts.base_layer.lora_A.default.weight")
+        == "routed_experts"
+    )
     assert lora.group_of("model.layers.1.mlp.gate.weight") == "router"
     assert lora.group_of("model.layers.0.mlp.gate_proj.weight") == "dense_mlp"
-    assert lora.group_of("base_model.model.model.layers.0.self_attn.o_proj.lora_B.default.weight") == "attention"
+    assert (
+        lora.group_of("base_model.model.model.layers.0.self_attn.o_proj.lora_B.default.weight") == "attention"
+    )
     assert lora.group_of("lm_head.weight") == "embeddings" and lora.group_of("model.norm.weight") == "other"
 
 
@@ -231,8 +255,13 @@ def test_completion_loader_pads_with_pad_id_and_shuffles_by_seed():
     examples = [([i], [i + 50]) for i in range(1, 9)]
     padded = next(iter(lora.completion_loader([([5], [6]), ([5, 6], [7, 8])], 2, pad_id=3, shuffle=False)))
     assert padded["input_ids"].tolist() == [[5, 6, 3, 3], [5, 6, 7, 8]]
+
     def order(**kwargs):
-        return [row[0] for b in lora.completion_loader(examples, 4, pad_id=0, **kwargs) for row in b["input_ids"].tolist()]
+        return [
+            row[0]
+            for b in lora.completion_loader(examples, 4, pad_id=0, **kwargs)
+            for row in b["input_ids"].tolist()
+        ]
 
     assert order(shuffle=False) == list(range(1, 9))
     shuffled = order()  # shuffle=True, seed=0 by default
@@ -241,7 +270,9 @@ def test_completion_loader_pads_with_pad_id_and_shuffles_by_seed():
     assert order(seed=1) != shuffled
     with pytest.raises(ValueError, match="^batch_size must be a positive int, got 0$"):
         lora.completion_loader(examples, 0, pad_id=0)
-    with pytest.raises(ValueError, match="^completion_loader needs examples, each with a non-empty completion$"):
+    with pytest.raises(
+        ValueError, match="^completion_loader needs examples, each with a non-empty completion$"
+    ):
         lora.completion_loader([], 1, pad_id=0)
 
 
@@ -250,11 +281,16 @@ def test_apply_lora_defaults_and_the_bounds_of_alpha_and_dropout():
     config = model.peft_config["default"]
     assert (config.r, config.lora_alpha, config.lora_dropout, config.task_type) == (16, 32, 0.0, "CAUSAL_LM")
     assert set(lora.adapted(model).values()) == {16}
-    assert lora.apply_lora(_deepseek(), r=R, alpha=0.5, dropout=0.99, targets="attention").peft_config[
-        "default"].lora_alpha == 0.5  # small positive alpha and dropout just below 1 are allowed
+    assert (
+        lora.apply_lora(_deepseek(), r=R, alpha=0.5, dropout=0.99, targets="attention")
+        .peft_config["default"]
+        .lora_alpha
+        == 0.5
+    )  # small positive alpha and dropout just below 1 are allowed
     for alpha, dropout in [(0, 0.0), (-1, 0.0), (8, 1.0), (8, -0.1)]:
-        with pytest.raises(ValueError, match=f"^need alpha > 0 and 0 <= dropout < 1, got alpha={alpha}, "
-                                             f"dropout={dropout}$"):
+        with pytest.raises(
+            ValueError, match=f"^need alpha > 0 and 0 <= dropout < 1, got alpha={alpha}, dropout={dropout}$"
+        ):
             lora.apply_lora(_deepseek(), r=R, alpha=alpha, dropout=dropout)
 
 
@@ -265,14 +301,238 @@ def test_check_adapters_names_what_is_missing_extra_or_of_another_rank():
     names = sorted(got)
     fake = {f"model.fake.{i}.weight": R for i in range(7)}
     want = {**{n: R for n in names[1:]}, **fake, names[2]: 8}  # 7 missing, names[0] not requested, one rank 8
-    message = (f"peft did not adapt what was asked: without adapter {sorted(fake)[:6]} ...; "
-               f"not requested {[names[0]]}; other rank {[(names[2], R)]}")
+    message = (
+        f"peft did not adapt what was asked: without adapter {sorted(fake)[:6]} ...; "
+        f"not requested {[names[0]]}; other rank {[(names[2], R)]}"
+    )
     with pytest.raises(RuntimeError, match=f"^{re.escape(message)}$"):
         lora._check_adapters(model, want)
     six = dict(list(fake.items())[:6])
-    with pytest.raises(RuntimeError, match=re.escape(f"without adapter {sorted(six)}; not requested []; other rank []")):
+    with pytest.raises(
+        RuntimeError, match=re.escape(f"without adapter {sorted(six)}; not requested []; other rank []")
+    ):
         lora._check_adapters(model, {**got, **six})  # only missing ones (six: no "...")
     with pytest.raises(RuntimeError, match=re.escape(f"not requested {[names[0]]}; other rank []")):
         lora._check_adapters(model, {n: R for n in names[1:]})  # only an extra one
     with pytest.raises(RuntimeError, match=re.escape(f"other rank {[(names[0], R)]}")):
         lora._check_adapters(model, {**got, names[0]: 2})  # only a wrong rank
+
+
+def test_target_errors_are_named_in_full():
+    deepseek_leaves = "down_proj, gate_proj, gate_up_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj, q_a_proj, q_b_proj, up_proj"
+    message = (
+        f"target 'q_proj' matches nothing in DeepseekV3ForCausalLM; groups: attention, dense_mlp, "
+        f"shared_experts, routed_experts; module and parameter names: {deepseek_leaves}"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        lora.lora_targets(_deepseek(), ["attention", "q_proj"])
+    # a group the model lacks, asked for by name: "auto" skips it, a list does not
+    message = (
+        "target 'shared_experts' matches nothing in LlamaForCausalLM; groups: attention, dense_mlp; "
+        "module and parameter names: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        lora.lora_targets(_llama(), ["attention", "shared_experts"])
+    with pytest.raises(ValueError, match=r"^targets is empty; pass 'auto', a group or module names$"):
+        lora.lora_targets(_deepseek(), [])
+    with pytest.raises(TypeError, match=r"^targets must be names \(str\), got 3$"):
+        lora.lora_targets(_deepseek(), ["attention", 3])
+    with pytest.raises(
+        ValueError, match="^the model already carries LoRA adapters; start from the base model$"
+    ):
+        lora.lora_targets(lora.apply_lora(_deepseek(), r=R, targets="attention"))
+    # nothing LoRA can adapt: an embedding only, or a Linear outside every group (its name says no part of a model)
+    for model, name in [
+        (torch.nn.Embedding(4, 2), "Embedding"),
+        (torch.nn.Sequential(torch.nn.Linear(2, 2)), "Sequential"),
+    ]:
+        with pytest.raises(
+            ValueError, match=rf"^{name} has no layer LoRA can adapt \(no nn.Linear, no expert tensor\)$"
+        ):
+            lora.lora_targets(model)
+    assert lora.lora_targets(_llama(), "attention") == lora.lora_targets(_llama(), ["attention"])
+    assert set(lora.GROUPS) == {lora.group_of(n) for n in lora.lora_targets(_deepseek())}
+
+
+def test_bounds_of_r_and_the_dropout_error_in_full():
+    assert set(lora.adapted(lora.apply_lora(_deepseek(), r=1, targets="attention")).values()) == {
+        1
+    }  # the least r
+    for r in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match=f"^r must be a positive int, got {r!r}$"):
+            lora.apply_lora(_deepseek(), r=r, targets="attention")
+    message = (
+        "dropout=0.1: peft applies no dropout to weights adapted as parameters (dense_mlp, routed_experts, "
+        "shared_experts here); use dropout=0.0 or leave them out of targets"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        lora.apply_lora(_deepseek(), dropout=0.1)
+    message = message.replace("dense_mlp, routed_experts, shared_experts", "routed_experts")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        lora.apply_lora(_deepseek(), dropout=0.1, targets=["attention", "routed_experts"])
+
+
+def test_dropout_reaches_every_nn_linear_adapter():
+    """peft's LoRA layer holds its dropout per adapter: nn.Dropout(p) for p > 0, nn.Identity for 0."""
+    for dropout, kind in [(0.1, torch.nn.Dropout), (0.0, torch.nn.Identity)]:
+        model = lora.apply_lora(_llama(), r=R, alpha=2 * R, dropout=dropout)
+        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        assert len(layers) == len(lora.adapted(model)) == 14
+        assert model.peft_config["default"].lora_dropout == dropout
+        for layer in layers:
+            assert type(layer.lora_dropout["default"]) is kind
+            assert getattr(layer.lora_dropout["default"], "p", 0.0) == dropout
+
+
+def test_check_adapters_shows_six_of_each_list():
+    model = lora.apply_lora(_deepseek(), r=R, targets="attention")
+    names = sorted(lora.adapted(model))
+    assert len(names) == 10
+    with pytest.raises(
+        RuntimeError, match=re.escape(f"without adapter []; not requested {names[:6]}; other rank []")
+    ):
+        lora._check_adapters(model, dict.fromkeys(names[7:], R))  # 7 not requested
+    with pytest.raises(
+        RuntimeError, match=re.escape(f"not requested []; other rank {[(n, R) for n in names[:6]]}")
+    ):
+        lora._check_adapters(model, dict.fromkeys(names, 8))  # 10 of another rank
+
+
+@pytest.fixture(scope="module")
+def saved_attention_adapter(tmp_path_factory):
+    """An attention adapter (10 weights: 20 tensors) saved once; the tests copy and edit its file."""
+    folder = tmp_path_factory.mktemp("adapter")
+    model = lora.apply_lora(_deepseek(), r=R, alpha=2 * R, targets="attention")
+    _randomize_adapters(model)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def _edited_copy(source, folder, edit):
+    shutil.copytree(source, folder)
+    file = folder / "adapter_model.safetensors"
+    tensors = safetensors.torch.load_file(str(file))
+    edit(tensors)
+    safetensors.torch.save_file(tensors, str(file))
+    return folder
+
+
+def test_load_adapter_is_for_inference_unless_asked(saved_attention_adapter):
+    """peft's from_pretrained: inference mode (nothing trains) by default, the adapters train with is_trainable."""
+    frozen = lora.load_adapter(_deepseek(), saved_attention_adapter)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    trainable = lora.load_adapter(_deepseek(), saved_attention_adapter, is_trainable=True)
+    names = sorted(n for n, p in trainable.named_parameters() if p.requires_grad)
+    assert len(names) == 20 and all(".lora_A." in n or ".lora_B." in n for n in names)
+
+
+@pytest.mark.filterwarnings("ignore:Found missing adapter keys")
+def test_load_adapter_names_up_to_four_of_each_kind_of_loss(saved_attention_adapter, tmp_path, monkeypatch):
+    keys = sorted(safetensors.torch.load_file(str(saved_attention_adapter / "adapter_model.safetensors")))
+    bogus = [
+        f"base_model.model.model.layers.0.self_attn.q_z{i}_proj.lora_A.weight" for i in range(5)
+    ]  # no such modules
+
+    def add_bogus(tensors):
+        tensors.update({b: torch.zeros(1) for b in bogus})
+
+    def drop_five(tensors):
+        for k in keys[:5]:
+            del tensors[k]
+
+    cases = [("extra", add_bogus, sorted(bogus)[:4], [], []), ("short", drop_five, [], keys[:4], [])]
+    for name, edit, lost, unknown, changed in cases:
+        folder = _edited_copy(saved_attention_adapter, tmp_path / name, edit)
+        message = (
+            f"adapter in {name} did not load as saved: not loaded {lost}, not in the file {unknown}, "
+            f"different values {changed}"
+        )
+        with pytest.raises(RuntimeError, match=f"^{re.escape(message)}$"):
+            lora.load_adapter(_deepseek(), folder)
+    # values peft changed while loading (it does not on this model: a stand-in state dict with five changed)
+    real = lora.get_peft_model_state_dict
+    monkeypatch.setattr(
+        lora,
+        "get_peft_model_state_dict",
+        lambda model: {k: v + (k in keys[-5:]) for k, v in real(model).items()},
+    )
+    message = (
+        f"adapter in {saved_attention_adapter.name} did not load as saved: not loaded [], not in the file [], "
+        f"different values {keys[-5:-1]}"
+    )
+    with pytest.raises(RuntimeError, match=f"^{re.escape(message)}$"):
+        lora.load_adapter(_deepseek(), saved_attention_adapter)
+
+
+class _Toy(torch.nn.Module):
+    """A hand-countable model: a bf16 embedding (10, trainable), attention 2 -> 3 (6 of 9 trainable), one scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed_tokens = torch.nn.Embedding(5, 2).to(torch.bfloat16)
+        self.self_attn = torch.nn.Linear(2, 3)
+        self.self_attn.bias.requires_grad_(False)
+        self.scale = torch.nn.Parameter(
+            torch.ones(1), requires_grad=False
+        )  # "other", a group of one parameter
+
+
+def test_trainable_report_of_a_hand_counted_model():
+    want = pd.DataFrame(
+        {
+            "parameters": [9, 10, 1, 20],
+            "trainable": [6, 10, 0, 16],
+            "trainable_%": [100 * 6 / 9, 100.0, 0.0, 80.0],
+            "trainable_mb": [6 * 4 / 2**20, 10 * 2 / 2**20, 0.0, 44 / 2**20],
+        },
+        index=["attention", "embeddings", "other", "total"],
+    )  # groups without parameters left out
+    pd.testing.assert_frame_equal(lora.trainable_report(_Toy()), want)
+    assert lora.trainable_report(_llama()).index.tolist() == [
+        "attention",
+        "dense_mlp",
+        "embeddings",
+        "other",
+        "total",
+    ]
+
+
+def test_training_memory_weights_activations_per_token_and_no_gradients_left():
+    model = lora.apply_lora(_deepseek(), r=R, alpha=2 * R, targets="attention")
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    ids = _batch()["input_ids"]
+    two = lora.training_memory(model, {"input_ids": ids, "labels": ids})
+    assert all(p.grad is None for p in model.parameters())  # freed, not zero tensors that keep their memory
+    assert two["weights"] == 4 * sum(p.numel() for p in model.parameters()) / 2**20  # float32
+    four = lora.training_memory(model, {"input_ids": ids.repeat(2, 1), "labels": ids.repeat(2, 1)})
+    # saved activations are per token: twice the rows, twice the bytes (within 1%: the rotary tables are shared);
+    # counting the weights autograd keeps (more than the activations here) would break the ratio
+    assert four["activations"] == pytest.approx(2 * two["activations"], rel=0.01)
+    assert two["weights"] > two["activations"]
+
+
+def test_merge_accepts_a_gap_equal_to_atol_and_refuses_nan():
+    def adapted_model():
+        model = lora.apply_lora(_deepseek(), r=R, alpha=2 * R, targets="attention")
+        _randomize_adapters(model)
+        return model
+
+    _, gap = lora.merge(adapted_model(), _batch())
+    assert lora.merge(adapted_model(), _batch(), atol=gap)[1] == gap  # deterministic on a CPU: the same gap
+    with pytest.raises(RuntimeError, match=r"^merged logits differ from the adapter's by .* > atol=nan$"):
+        lora.merge(adapted_model(), _batch(), atol=float("nan"))
+
+
+def test_completion_loader_bounds_of_batch_size():
+    examples = [([1], [2]), ([3], [4, 5])]
+    assert [len(b["input_ids"]) for b in lora.completion_loader(examples, 1, pad_id=0, shuffle=False)] == [
+        1,
+        1,
+    ]
+    assert [len(b["input_ids"]) for b in lora.completion_loader(examples, 5, pad_id=0)] == [
+        2
+    ]  # above the size
+    for bad in (True, 1.0, -1):
+        with pytest.raises(ValueError, match=f"^batch_size must be a positive int, got {bad!r}$"):
+            lora.completion_loader(examples, bad, pad_id=0)
