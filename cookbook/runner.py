@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from traitlets.config import Config
 
 from cookbook.env import check_packages, optional_tools, pins_file, report, runs_dir
 from cookbook.profiles import PROFILES, profile
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # IPython colours a traceback's exception name
 
 __all__ = ["RUNS_ENV", "clean_outputs", "main", "record", "run_notebooks"]
 
@@ -119,7 +122,8 @@ def run_notebooks(notebooks: list[Path], out: Path, profile: str, timeout: int =
             client.execute(env=env)
         except (CellExecutionError, CellTimeoutError, RuntimeError) as exc:
             status = "FAILED"
-            error = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+            text = _ANSI.sub("", str(exc)).strip()
+            error = text.splitlines()[-1][:200] if text else type(exc).__name__
         seconds = time.perf_counter() - start
         clean_outputs(nb, out)
         nbformat.write(nb, out / nb_path.name)

@@ -154,3 +154,20 @@ def test_optional_tools_found_on_path_missing_or_hidden(tmp_path, monkeypatch):
     assert env.install_hint("chromium").startswith("chromium is not installed (needed by make test-browser): ")
     with pytest.raises(ValueError, match="unknown optional tool 'redis'; valid: nginx, prometheus, chromium"):
         env.find_tool("redis")
+
+
+@pytest.mark.parametrize("datasets_on", [True, False])
+def test_quiet_progress_silences_both_libraries_and_restores_each(datasets_on):
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    (datasets.enable_progress_bars if datasets_on else datasets.disable_progress_bars)()
+    hf_logging.enable_progress_bar()
+    try:
+        with pytest.raises(KeyError), env.quiet_progress():  # restored on the way out of an error too
+            assert not datasets.is_progress_bar_enabled() and not hf_logging.is_progress_bar_enabled()
+            raise KeyError
+        assert datasets.is_progress_bar_enabled() is datasets_on  # a user's own choice is kept
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        datasets.enable_progress_bars()

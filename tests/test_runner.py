@@ -56,6 +56,23 @@ def test_run_continues_after_a_failure_and_summarises(tmp_path, capfd, monkeypat
     assert dict(os.environ) == before  # the runner's own environment is left as it was
 
 
+
+def test_run_notebooks_inplace_writes_back_only_what_ran(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_ok.ipynb", "from cookbook.runner import record\nrecord(n=2)\nprint(6 * 7)")
+    _notebook(nbs / "01_fail.ipynb", "print('partial')", "raise ValueError('bad input')")
+    rows = runner.run_notebooks(sorted(nbs.glob("*.ipynb")), tmp_path / "out", "smoke", inplace=True)
+    assert [(r["notebook"], r["status"], r["figures"]) for r in rows] == [("00_ok", "ok", {"n": 2}),
+                                                                          ("01_fail", "FAILED", {})]
+    assert [r["error"] for r in rows] == ["", "ValueError: bad input"]  # no terminal colour codes
+    ran = nbformat.read(nbs / "00_ok.ipynb", as_version=4)  # the source now holds its outputs
+    assert ran.cells[0].outputs[0]["text"] == "42\n"
+    failed = nbformat.read(nbs / "01_fail.ipynb", as_version=4)  # left as it was: no half-executed source
+    assert all(not cell.outputs for cell in failed.cells)
+    executed = nbformat.read(tmp_path / "out" / "01_fail.ipynb", as_version=4)  # the failure is kept in out/
+    assert executed.cells[0].outputs[0]["text"] == "partial\n" and executed.cells[1].outputs[0]["ename"] == "ValueError"
+
 def test_run_with_no_matching_notebooks(tmp_path):
     assert runner.main(["run", "--notebooks", str(tmp_path), "--match", "zzz"]) == 2
 

@@ -90,3 +90,26 @@ def test_a_live_replica_under_load(moe, tok, tmp_path):
     assert prof.model_samples.get("generating", 0) > 0 and sum(prof.handler_samples.values()) > 0
     # about one sample per tick for the model thread: 200 Hz for 1 s (py-spy may miss a few ticks under load)
     assert 100 <= sum(prof.model_samples.values()) <= 220
+
+
+def test_batch_counts_sums_the_batch_histogram_over_replicas():
+    import types
+
+    from prometheus_client import CollectorRegistry, Histogram, start_http_server
+
+    replicas, servers = [], []
+    for sizes in ((1, 4, 4), (2,), ()):  # the last replica has batched nothing yet
+        registry = CollectorRegistry()
+        histogram = Histogram("inference_batch_size", "requests per batch", buckets=(1, 2, 4, 8), registry=registry)
+        for size in sizes:
+            histogram.observe(size)
+        port = deploy.free_port()
+        servers.append(start_http_server(port, addr="127.0.0.1", registry=registry))
+        replicas.append(types.SimpleNamespace(metrics_url=f"http://127.0.0.1:{port}/metrics"))
+    try:
+        assert deploy.batch_counts(replicas) == (4, 11)
+        assert deploy.batch_counts([]) == (0, 0)
+    finally:
+        for http, thread in servers:
+            http.shutdown()
+            thread.join()

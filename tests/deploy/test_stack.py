@@ -135,3 +135,89 @@ def test_stop_ends_every_process_by_pid(stack):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+class _Echo(pb_grpc.ModelServiceServicer):
+    """A stand-in upstream: answers with its own name, so the test sees which one nginx chose."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def Predict(self, request, context):
+        return pb.PredictResponse(text=f"{self.name}:{request.prompt}", completion_tokens=request.max_tokens)
+
+
+@needs_binaries
+def test_start_nginx_by_itself_proxies_grpc_by_weight(tmp_path):
+    from concurrent import futures
+
+    servers, upstreams = [], []
+    for name, weight in (("a", 2), ("b", 1)):
+        server = grpc.server(futures.ThreadPoolExecutor(2))
+        pb_grpc.add_ModelServiceServicer_to_server(_Echo(name), server)
+        upstreams.append((f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}", weight))
+        server.start()
+        servers.append(server)
+    nginx = deploy.start_nginx(upstreams, tmp_path)
+    try:
+        assert nginx.config.read_text() == deploy.nginx_config(upstreams, nginx.port, tmp_path)
+        with grpc.insecure_channel(nginx.address) as channel:
+            stub = pb_grpc.ModelServiceStub(channel)
+            texts = [stub.Predict(pb.PredictRequest(prompt="hi", max_tokens=3), timeout=10).text for _ in range(6)]
+        assert sorted(texts) == ["a:hi"] * 4 + ["b:hi"] * 2  # smooth weighted round robin: exactly 2:1
+    finally:
+        assert nginx.process.stop() == 0
+        for server in servers:
+            server.stop(None)
+
+
+@needs_binaries
+def test_start_prometheus_by_itself_scrapes_its_targets(tmp_path):
+    from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+    registry = CollectorRegistry()
+    Counter("served", "requests served", ["code"], registry=registry).labels(code="OK").inc(7)
+    port = deploy.free_port()
+    http, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    server = deploy.start_prometheus([f"127.0.0.1:{port}"], tmp_path / "prom", scrape_interval_s=0.2)
+    try:
+        assert server.targets_up() == 1
+        (row,) = server.query("served_total")
+        assert row["value"] == 7.0 and row["metric"]["code"] == "OK" and row["metric"]["job"] == "model_service"
+        assert server.query("served_total{code='missing'}") == []
+    finally:
+        server.process.stop()
+        http.shutdown()
+        thread.join()
+
+
+def test_spawn_replica_pins_its_cores_at_once_and_its_death_names_the_cause(tmp_path):
+    starting = deploy.spawn_replica(tmp_path / "no-model", tmp_path / "run", name="r0", cpus=[0])
+    assert os.sched_getaffinity(starting.process.pid) == {0}
+    assert starting.audit == tmp_path / "run" / "r0.audit.jsonl"
+    with pytest.raises(RuntimeError, match=r"(?s)r0 exited with code [1-9]\d* before serving:.*no-model"):
+        starting.wait(timeout=120)
+    assert not starting.ready.exists()
+
+
+def test_load_sweep_runs_every_target_at_every_concurrency():
+    from concurrent import futures
+
+    servers, targets = [], {}
+    for name in ("a", "b"):
+        server = grpc.server(futures.ThreadPoolExecutor(2))
+        pb_grpc.add_ModelServiceServicer_to_server(_Echo(name), server)
+        targets[f"setup {name}"] = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+        server.start()
+        servers.append(server)
+    try:
+        table = deploy.load_sweep(targets, [1, 3], requests=7, max_tokens=2)
+    finally:
+        for server in servers:
+            server.stop(None)
+    assert table[["setup", "concurrency", "sent", "ok"]].values.tolist() == [
+        ["setup a", 1, 7, 7], ["setup a", 3, 7, 7], ["setup b", 1, 7, 7], ["setup b", 3, 7, 7]]
+    assert "target" not in table and "latencies_ms" not in table
+    assert (table["errors"].map(len) == 0).all()
+    assert table["qps"].tolist() == pytest.approx((table["ok"] / table["seconds"]).tolist())
+    assert (table["p50_ms"] <= table["p99_ms"]).all()

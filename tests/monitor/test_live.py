@@ -40,3 +40,22 @@ def test_live_view_updates_one_display_in_jupyter(monkeypatch):
     mon.close()
     assert shown[:2] == [("display", "Figure"), ("display", "HTML")]
     assert shown[2:] == [("update", "Figure"), ("update", "HTML")] * 3  # 2 more steps + the final draw
+
+
+def test_in_notebook_only_inside_a_kernel(monkeypatch):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert live.in_notebook() is False  # a plain script never imported IPython
+
+    def ipython_with(shell):
+        return types.SimpleNamespace(get_ipython=lambda: shell)
+
+    monkeypatch.setitem(sys.modules, "IPython", ipython_with(None))  # imported, but no shell running
+    assert live.in_notebook() is False
+    terminal = types.SimpleNamespace(config={"TerminalInteractiveShell": {}})  # the `ipython` REPL
+    monkeypatch.setitem(sys.modules, "IPython", ipython_with(terminal))
+    assert live.in_notebook() is False
+    kernel = types.SimpleNamespace(config={"IPKernelApp": {"connection_file": "k.json"}})
+    monkeypatch.setitem(sys.modules, "IPython", ipython_with(kernel))
+    assert live.in_notebook() is True
