@@ -79,8 +79,8 @@ class EWC:
     """
 
     def __init__(self, model: torch.nn.Module, fisher: Mapping[str, torch.Tensor], lam: float):
-        if not lam >= 0:
-            raise ValueError(f"lam (the EWC penalty weight) must be >= 0, got {lam!r}")
+        if not 0 <= lam < math.inf:  # inf would make the penalty NaN at the anchor (inf x 0)
+            raise ValueError(f"lam (the EWC penalty weight) must be >= 0 and finite, got {lam!r}")
         params = dict(model.named_parameters())
         unknown = sorted(set(fisher) - set(params))
         if unknown:
@@ -138,8 +138,10 @@ def kl_shift(p, q, *, smoothing: float = 0.5, base: float = math.e) -> float:
     infinite. Disjoint supports are refused: the divergence would only measure the smoothing.
     Shown in notebooks/13 §4.
     """
-    if not smoothing >= 0:
-        raise ValueError(f"smoothing must be >= 0, got {smoothing!r}")
+    if not 0 <= smoothing < math.inf:  # infinite smoothing gives inf / inf
+        raise ValueError(f"smoothing must be >= 0 and finite, got {smoothing!r}")
+    if not (0 < base < math.inf and base != 1):
+        raise ValueError(f"base must be a finite number > 0 other than 1 (math.e: nats, 2: bits), got {base!r}")
     p, q, keys = _aligned(p, q)
     if (p < 0).any() or (q < 0).any() or p.sum() <= 0 or q.sum() <= 0:
         raise ValueError("p and q must be non-negative counts or probabilities with some mass")

@@ -154,3 +154,135 @@ def test_token_counts():
     assert continual.token_counts(Tok(), ["aab", "b"]) == {97: 2, 98: 2}
     with pytest.raises(TypeError, match="one string"):
         continual.token_counts(Tok(), "ab")
+
+
+def test_fisher_of_a_single_example_and_batches_it_cannot_split():
+    x, y = torch.tensor([1.5], dtype=torch.float64), torch.tensor([0.1], dtype=torch.float64)
+    fisher = continual.fisher_diagonal(Line(0.7), [(x, y)], _nll)  # the boundary: one example
+    assert fisher["theta"].item() == pytest.approx(((0.1 - 0.7 * 1.5) * 1.5) ** 2, rel=1e-12)
+    message = "^a batch is a tensor or a tuple, list or dict holding tensors with a batch dimension, got {}$"
+    with pytest.raises(TypeError, match=message.format("str")):
+        continual.fisher_diagonal(Line(0.7), ["not a batch"], _nll)
+    with pytest.raises(TypeError, match=message.format("Tensor")):  # 0-dim: no batch dimension to split
+        continual.fisher_diagonal(Line(0.7), [torch.tensor(1.0)], _nll)
+    with pytest.raises(ValueError, match=r"^fisher_diagonal\(\) got no examples$"):
+        continual.fisher_diagonal(Line(0.7), [], _nll)
+
+
+def test_fisher_passes_non_tensor_members_whole_in_eval_mode_and_restores_the_mode():
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    y = torch.tensor([0.3, -0.2, 1.9], dtype=torch.float64)
+    modes = []
+
+    def scaled_nll(model, batch):
+        modes.append(model.training)
+        return batch["scale"] * _nll(model, (batch["x"], batch["y"]))
+
+    for training in (True, False):
+        model = Line(0.7).train(training)
+        fisher = continual.fisher_diagonal(model, [{"x": x, "y": y, "scale": 2.0}], scaled_nll)
+        # the gradient doubles, so the Fisher is 4x the unscaled one
+        assert fisher["theta"].item() == pytest.approx(4 * (((y - 0.7 * x) * x) ** 2).mean().item(), rel=1e-12)
+        assert model.training is training
+    assert modes == [False] * 6  # dropout off for every example
+
+
+@pytest.mark.parametrize("lam", [-1e-9, float("nan"), float("inf")])
+def test_ewc_refuses_a_negative_or_non_finite_lam(lam):
+    with pytest.raises(ValueError, match=rf"^lam \(the EWC penalty weight\) must be >= 0 and finite, got {lam!r}$"):
+        continual.EWC(Line(0.7), {}, lam=lam)
+
+
+def test_ewc_boundaries_and_its_unknown_parameter_message():
+    model = Line(0.7)
+    ewc = continual.EWC(model, {"theta": torch.tensor(4.0, dtype=torch.float64)}, lam=0)  # the lower limit
+    with torch.no_grad():
+        model.theta.fill_(5.0)
+    assert ewc.penalty(model).item() == 0.0
+    ewc = continual.EWC(model, {}, lam=1e30)  # no Fisher entries: nothing to hold, whatever lam
+    assert ewc.penalty(model).item() == 0.0
+    fisher = {name: torch.ones(1) for name in ("d", "c", "b", "a")}
+    with pytest.raises(ValueError, match=r"^fisher holds \['a', 'b', 'c'\], which the model has no parameter of "
+                                         r"\(another model\?\)$"):  # the first three, sorted
+        continual.EWC(model, fisher, lam=1)
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, float("nan"), float("inf")])
+def test_kl_shift_refuses_a_negative_or_non_finite_smoothing(smoothing):
+    with pytest.raises(ValueError, match=rf"^smoothing must be >= 0 and finite, got {smoothing!r}$"):
+        continual.kl_shift([1, 1], [1, 2], smoothing=smoothing)
+
+
+@pytest.mark.parametrize("base", [0, -2.0, 1, 1.0, float("inf"), float("nan")])
+def test_kl_shift_refuses_a_base_without_a_logarithm(base):
+    with pytest.raises(ValueError, match=rf"^base must be a finite number > 0 other than 1 \(math.e: nats, 2: bits\), "
+                                         rf"got {base!r}$"):
+        continual.kl_shift([1, 1], [1, 2], base=base)
+
+
+def test_kl_shift_in_another_base_and_near_the_limits():
+    p, q = [0.5, 0.5], [0.25, 0.75]
+    nats = 0.5 * math.log(2) + 0.5 * math.log(2 / 3)
+    assert continual.kl_shift(p, q, smoothing=0, base=10) == pytest.approx(nats / math.log(10), rel=1e-12)
+    assert continual.kl_shift(p, q, smoothing=0, base=1.5) == pytest.approx(nats / math.log(1.5), rel=1e-12)
+    # a huge smoothing drowns the counts: no shift left
+    assert continual.kl_shift(p, q, smoothing=1e12) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kl_shift_skips_outcomes_p_never_shows_and_outcomes_neither_shows():
+    # p = 0 where q > 0 adds nothing (0 log 0 = 0): KL = 0.5 ln(0.5/0.25) x 2 = ln 2
+    assert continual.kl_shift([0.5, 0.5, 0], [0.25, 0.25, 0.5], smoothing=0) == pytest.approx(math.log(2), rel=1e-12)
+    assert continual.kl_shift([0.5, 0.5, 0], [0.25, 0.25, 0.5], smoothing=0) == pytest.approx(
+        entropy([0.5, 0.5, 0], [0.25, 0.25, 0.5]), rel=1e-12)
+    # an outcome both give 0 is not "missing from q"
+    nats = 0.5 * math.log(2) + 0.5 * math.log(2 / 3)
+    assert continual.kl_shift([0.5, 0.5, 0], [0.25, 0.75, 0], smoothing=0) == pytest.approx(nats, rel=1e-12)
+
+
+def test_kl_shift_smooths_an_outcome_q_never_shows():
+    # q has no "b": smoothed, p = (2.5, 2.5), q = (4.5, 0.5)
+    assert continual.kl_shift({"a": 2, "b": 2}, {"a": 4}) == pytest.approx(entropy([2.5, 2.5], [4.5, 0.5]), rel=1e-12)
+    assert continual.kl_shift({"a": 2, "b": 2}, {"a": 4}, smoothing=1) == pytest.approx(
+        entropy([3, 3], [5, 1]), rel=1e-12)
+    # outcomes of mixed types (ints and strings) are aligned by their repr, not compared with each other
+    assert continual.kl_shift({0: 3, "a": 1}, {0: 1, "a": 2}) == pytest.approx(
+        entropy([3.5, 1.5], [1.5, 2.5]), rel=1e-12)
+
+
+@pytest.mark.parametrize(("p", "q"), [([0, 0], [1, 1]), ([1, 1], [0, 0]), ([-1, 2], [1, 1]), ([1, 1], [2, -1]),
+                                      ({"a": 0}, {"a": 1}), ({"a": 1}, {"b": 0})])
+def test_kl_shift_refuses_negative_counts_and_no_mass(p, q):
+    with pytest.raises(ValueError, match="^p and q must be non-negative counts or probabilities with some mass$"):
+        continual.kl_shift(p, q)
+
+
+def test_kl_shift_messages():
+    with pytest.raises(ValueError, match=r"^p and q have disjoint supports \(no outcome occurs in both\): KL\(p\|\|q\) "
+                                         r"is infinite, and with smoothing it would only measure the smoothing; compare "
+                                         r"distributions over shared outcomes \(the same tokenizer, the same feature "
+                                         r"bins\)$"):
+        continual.kl_shift({"a": 1}, {"b": 1})
+    # four outcomes q never shows, three named (sorted)
+    with pytest.raises(ValueError, match=r"^KL\(p\|\|q\) is infinite: p has 4 outcome\(s\) q never shows \(e.g. "
+                                         r"\['b', 'c', 'd'\]\); pass smoothing > 0$"):
+        continual.kl_shift(dict.fromkeys("edcba", 1), {"a": 1, "z": 1}, smoothing=0)
+    # probabilities, not counts: outcome 1 has p = 0.5 and q = 0
+    with pytest.raises(ValueError, match=r"^KL\(p\|\|q\) is infinite: p has 1 outcome\(s\) q never shows \(e.g. \[1\]\)"):
+        continual.kl_shift([0.5, 0.5], [1.0, 0.0], smoothing=0)
+    with pytest.raises(ValueError, match=r"^p and q must cover the same outcomes, got 2 and 3 entries$"):
+        continual.kl_shift([1, 2], [1, 2, 3])
+    with pytest.raises(TypeError, match=r"^p and q must both be mappings \(outcome -> count\) or both arrays over the "
+                                        r"same outcomes$"):
+        continual.kl_shift([1], {"a": 1})
+
+
+def test_token_counts_of_no_texts_and_its_message():
+    class Tok:
+        def __call__(self, texts):
+            assert isinstance(texts, list)
+            return {"input_ids": [[ord(c) for c in t] for t in texts]}
+
+    assert continual.token_counts(Tok(), ()) == {}
+    assert continual.token_counts(Tok(), ("ab", "")) == {97: 1, 98: 1}
+    with pytest.raises(TypeError, match="^texts must be a list of documents, got one string$"):
+        continual.token_counts(Tok(), "ab")
