@@ -1,6 +1,7 @@
 """Int8 routed experts: the round-trip bound by hand, the same forward (and kernel) as transformers' experts."""
 
 import copy
+import re
 import threading
 
 import pytest
@@ -74,13 +75,16 @@ def test_quantize_experts_replaces_every_moe_layer_and_nothing_in_a_dense_model(
 
 
 def test_int8_experts_refuses_modules_it_cannot_read():
-    with pytest.raises(TypeError, match="no 3-D gate_up_proj"):
+    with pytest.raises(TypeError, match="^Linear has no 3-D gate_up_proj/down_proj parameters to quantize$"):
         compress.Int8Experts(torch.nn.Linear(4, 4))
     experts = copy.deepcopy(tiny().model.layers[1].mlp.experts)
     experts.is_transposed = True
-    with pytest.raises(NotImplementedError, match="transposed"):
+    with pytest.raises(NotImplementedError, match=re.escape(
+            "DeepseekV3Experts stores its experts transposed (is_transposed=True): Int8Experts keeps one scale per "
+            "output row of untransposed weights") + "$"):
         compress.Int8Experts(experts)
-    with pytest.raises(ValueError, match="pass the model that holds the experts"):
+    with pytest.raises(ValueError, match="^quantize_experts replaces submodules: pass the model that holds the "
+                                         "experts module$"):
         compress.quantize_experts(tiny().model.layers[1].mlp.experts)
     with pytest.raises(ValueError, match="valid: gate_up_proj, down_proj"):
         compress.Int8Experts(tiny().model.layers[1].mlp.experts).dequantized("up_proj")
@@ -116,3 +120,108 @@ def test_one_quantized_model_is_safe_to_share_between_threads():
         assert len(results[k]) == 30 and all(torch.equal(r, expected[k]) for r in results[k])
     experts = model.model.layers[1].mlp.experts
     assert not {"gate_up_proj", "down_proj"} & set(experts.kernel.__dict__)  # no call left its weights behind
+
+
+# --- issue 30: the cases mutation testing asks for (hand-computed codes, every dimension different) -------------
+
+def test_int8_rows_codes_by_hand():
+    # scale = 3 / 127.5, so 1 / scale = 42.5 exactly: 3 -> 127.5 rounds (half to even) to 128, clamped to 127;
+    # -3 -> -127.5 -> -128 (kept: the int8 range's lower end); 0.3 -> 12.75 -> 13; an all-zero row keeps codes 0
+    # with the smallest positive scale (float32's eps), never 0 (0 x 1/0 would be NaN)
+    w = torch.tensor([[3.0, -1.5, 0.75, 0.0], [-3.0, 1.5, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    codes, scale = compress.int8_rows(w)
+    assert codes.tolist() == [[127, -64, 32, 0], [-128, 64, 13, 0], [0, 0, 0, 0]]
+    assert scale.shape == (3, 1) and scale.dtype == torch.float32
+    assert scale.flatten().tolist() == pytest.approx([3 / 127.5, 3 / 127.5, torch.finfo(torch.float32).eps], rel=1e-6)
+
+
+def test_int8_rows_of_bf16_weights_have_fp32_scales():
+    w = torch.randn(4, 16, generator=torch.Generator().manual_seed(0)).bfloat16()
+    codes, scale = compress.int8_rows(w)
+    assert scale.dtype == torch.float32 and codes.dtype == torch.int8
+    expected_codes, expected_scale = compress.int8_rows(w.float())  # bf16 -> fp32 is exact: the same numbers
+    assert torch.equal(codes, expected_codes) and torch.equal(scale, expected_scale)
+
+
+class _Fused(torch.nn.Module):
+    """Parameters named like fused experts, of the given dimensions (None: absent); a forward of its own."""
+
+    def __init__(self, gate_up=(2, 4, 6), down=(2, 6, 2)):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        if gate_up:
+            self.gate_up_proj = torch.nn.Parameter(torch.randn(gate_up, generator=gen))
+        if down:
+            self.down_proj = torch.nn.Parameter(torch.randn(down, generator=gen))
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        return hidden_states @ self.gate_up_proj[0].T @ self.gate_up_proj[1]
+
+
+def test_is_fused_experts_needs_both_weights_3d_on_the_module_itself():
+    assert compress.is_fused_experts(_Fused())
+    assert not compress.is_fused_experts(_Fused(down=None))  # one of the two is not enough
+    assert not compress.is_fused_experts(_Fused(gate_up=None))
+    assert not compress.is_fused_experts(_Fused(gate_up=(4, 6)))  # 2-D: an nn.Linear-like weight
+    assert not compress.is_fused_experts(_Fused(down=(2, 2, 6, 2)))
+    holder = torch.nn.Module()
+    holder.experts = _Fused()
+    assert not compress.is_fused_experts(holder)  # the parent of the experts holds no such parameters itself
+
+
+def _experts(num=3, hidden=24, inter=8, dtype=torch.float32):
+    """transformers' DeepSeek-V3 experts with every dimension different (the tiny model's are 8 x 64 x 64)."""
+    config = copy.deepcopy(tiny().config)
+    config.num_local_experts, config.hidden_size, config.moe_intermediate_size = num, hidden, inter
+    experts = type(tiny().model.layers[1].mlp.experts)(config)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in (experts.gate_up_proj, experts.down_proj):
+            weight.copy_(torch.randn(weight.shape, generator=gen))
+    return experts.to(dtype)
+
+
+def test_int8_experts_stores_per_row_codes_and_scales_of_each_weight():
+    experts = _experts()
+    quantized = compress.Int8Experts(experts)
+    assert quantized.num_experts == 3 and quantized.dtype == torch.float32
+    assert str(quantized).splitlines()[1].strip() == "experts=3, hidden=24, intermediate=8, int8 per-row weight-only"
+    for name, shape in (("gate_up_proj", (3, 16, 24)), ("down_proj", (3, 24, 8))):
+        codes, scale = compress.int8_rows(getattr(experts, name))
+        assert torch.equal(getattr(quantized, f"{name}_int8"), codes) and codes.shape == shape
+        assert torch.equal(getattr(quantized, f"{name}_scale"), scale) and scale.shape == (*shape[:2], 1)
+        assert torch.equal(quantized.dequantized(name), codes.float() * scale)  # all experts by default
+        assert torch.equal(quantized.dequantized(name, 1), codes[1].float() * scale[1])  # one expert
+    assert compress.Int8Experts(_experts(dtype=torch.bfloat16)).dtype == torch.bfloat16  # the coverage's "before"
+    assert not dict(quantized.kernel.named_parameters())  # the kernel holds no weights of its own
+
+
+def test_int8_experts_of_a_module_without_is_transposed():
+    quantized = compress.Int8Experts(_Fused())  # no is_transposed attribute: untransposed, like transformers'
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        w = quantized.dequantized("gate_up_proj")
+        assert torch.equal(quantized(x, None, None), x @ w[0].T @ w[1])  # _Fused's forward on the int8 weights
+
+
+def test_int8_experts_forward_follows_the_input_dtype():
+    experts = _experts()
+    quantized = compress.Int8Experts(experts)
+    reference = copy.deepcopy(experts).bfloat16()  # the same experts module holding the dequantized weights in bf16
+    with torch.no_grad():
+        reference.gate_up_proj.copy_(quantized.dequantized("gate_up_proj"))
+        reference.down_proj.copy_(quantized.dequantized("down_proj"))
+        hidden, index, weights = _moe_inputs(experts, n=6)
+        out = quantized(hidden.bfloat16(), index, weights.bfloat16())
+        assert out.dtype == torch.bfloat16
+        assert torch.equal(out, reference(hidden.bfloat16(), index, weights.bfloat16()))
+
+
+def test_quantize_experts_replaces_a_direct_child_and_names_it():
+    model = torch.nn.Module()
+    model.experts, model.other = _Fused(), torch.nn.Linear(2, 2)
+    assert compress.quantize_experts(model) == ["experts"]
+    assert isinstance(model.experts, compress.Int8Experts) and isinstance(model.other, torch.nn.Linear)
+    nested = torch.nn.Sequential(torch.nn.ModuleDict({"a": _Fused(), "b": _Fused()}))
+    assert compress.quantize_experts(nested) == ["0.a", "0.b"]
+    assert all(isinstance(m, compress.Int8Experts) for m in nested[0].values())
