@@ -1,6 +1,7 @@
 """The fused linear cross-entropy: token_loss's value and gradients without the (tokens x vocabulary) logits."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -92,3 +93,16 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="fused_cross_entropy replaces token_loss"):
         train.Trainer(models.build("tiny", VOCAB, seed=0), loader(),
                       config=train.TrainConfig(fused_cross_entropy=True, device="cpu"), loss_fn=lambda m, b: 0)
+
+
+def test_the_weights_gradient_is_summed_over_chunks_in_float32():
+    """1024 one-token chunks of a bf16 head: each chunk's share of W.grad is about 2/3, and a bf16 running sum stops
+    growing at 256 (its spacing there is 2). By hand, with W = 0 every softmax is 1/3: W.grad[0] = 1024 x (1/3 - 1)
+    and W.grad[1] = W.grad[2] = 1024 / 3 per hidden unit (h = 1); the loss is 1024 ln 3."""
+    hidden = torch.ones(1024, 4, dtype=torch.bfloat16)
+    weight = torch.zeros(3, 4, dtype=torch.bfloat16, requires_grad=True)
+    loss = train.linear_cross_entropy(hidden, weight, torch.zeros(1024, dtype=torch.long), chunk_tokens=1)
+    loss.backward()
+    assert loss.item() == pytest.approx(1024 * math.log(3), rel=1e-3)
+    assert weight.grad[0].float().tolist() == pytest.approx([1024 * (1 / 3 - 1)] * 4, rel=1e-2)
+    assert weight.grad[1:].float().flatten().tolist() == pytest.approx([1024 / 3] * 8, rel=1e-2)

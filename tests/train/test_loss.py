@@ -287,3 +287,40 @@ def test_token_loss_in_float32_for_16_bit_logits():
     log_p = torch.log_softmax(model.table.float(), -1)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(-(log_p[0, 2] + log_p[1, 3] + log_p[2, 4] + log_p[3, 5]).item(), rel=1e-6)
+
+
+def test_each_micro_batchs_loss_runs_under_the_precisions_autocast():
+    """precision="bf16" runs every loss_fn call under torch.autocast(cpu, bfloat16); the default, fp32, under none."""
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return _Weighted.loss_fn(model, batch)
+
+    train.backward_micro_batches(_Weighted(), _MICRO, device="cpu", loss_fn=loss_fn, precision="bf16")
+    train.backward_micro_batches(_Weighted(), _MICRO, device="cpu", loss_fn=loss_fn)
+    assert seen == [torch.bfloat16, torch.bfloat16, None, None]
+
+
+class _Gated(_Table):
+    """_Table plus a parameter that only batches holding token 6 use: some steps give it a gradient, others none."""
+
+    def __init__(self):
+        super().__init__()
+        self.six = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, input_ids, attention_mask=None):
+        out = super().forward(input_ids)
+        if (input_ids == 6).any():
+            out.logits = out.logits + self.six
+        return out
+
+
+def test_accumulation_error_drops_the_gradients_of_parameters_an_earlier_step_used():
+    """A stale gradient of a parameter these micro-batches never reach must not enter the comparison as zeros."""
+    model, micro = _Gated(), [torch.tensor([[1, 2, 3, 4]]), torch.tensor([[2, 3]])]
+    clean = train.accumulation_error(model, micro)
+    train.backward_micro_batches(model, [torch.tensor([[6, 1, 2]])])  # the step before used `six`
+    assert model.six.grad is not None
+    assert train.accumulation_error(model, micro).equals(clean)
+    assert clean.loc["tokens", "relative_gradient_error"] < 1e-15  # float64: exact up to rounding
