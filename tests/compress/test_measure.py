@@ -1,6 +1,9 @@
 """Measurements: bytes on disk, a coverage report that accounts for every byte, honest timing, perplexity by hand."""
 
 import math
+import re
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -135,3 +138,247 @@ def test_compare_bad_input():
         compress.compare({})
     with pytest.raises(ValueError, match="baseline 'bf16' is not a variant; variants: fp32"):
         compress.compare({"fp32": tiny()}, baseline="bf16")
+
+
+# --- issue 30: the cases mutation testing asks for (bytes by hand, a scripted clock, a bigram model's loss) -----
+
+@pytest.mark.parametrize("method, lm_head", [
+    (None, ("fp32", 96 * 64 * 4, False)),
+    ("legacy-dynamic", ("qint8", 96 * 64 + 8 + 8, True)),  # one float64 scale and one int64 zero point per tensor
+    pytest.param("int8-weight-only", ("int8", 96 * 64 + 96 * 4 + 96, True), marks=needs_torchao),  # + fp32 scale,
+    pytest.param("int8-static", ("int8 + static int8 act", 96 * 64 + 96 * 4 + 96 + 4, True),  # int8 zero per row;
+                 marks=needs_torchao),  # + one fp32 activation scale
+    pytest.param("int4-unpacked", ("int4 (one per byte)", 96 * 64 + 96 * 2 * (4 + 1), True),  # 2 groups of 32
+                 marks=needs_torchao),
+])
+def test_coverage_bytes_of_one_weight_by_hand(method, lm_head, batches):
+    model = tiny()
+    q = model if method is None else compress.quantize(model, method, calibration=batches)
+    report = compress.coverage(q)
+    row = report.loc["lm_head.weight"]
+    assert (row["format"], row["bytes"], row["quantized"]) == lm_head
+    assert row["bytes_before"] == 96 * 64 * 4 and row["shape"] == (96, 64) and row["kind"] == "linear"
+    experts = report.loc["model.layers.1.mlp.experts.gate_up_proj"]  # 8 experts x 64 x 64
+    stored = 8 * 64 * 64 if method is None else 8 * 64 * 64 + 8 * 64 * 4  # int8 values + one fp32 scale per row
+    assert (experts["kind"], experts["bytes_before"], experts["bytes"]) == ("routed experts", 8 * 64 * 64 * 4,
+                                                                          stored * (4 if method is None else 1))
+    assert report.loc["model.layers.1.mlp.gate.weight", "kind"] == "router"
+    assert report.loc["model.embed_tokens.weight", "kind"] == "embedding"
+    assert report.loc["model.norm.weight", "kind"] == "norm"
+
+
+def test_tensor_bytes_of_torch_ao_qint8_by_hand():
+    from cookbook.compress.measure import _tensor_bytes
+
+    x = torch.randn(6, 5)
+    assert _tensor_bytes(torch.quantize_per_tensor(x, 0.1, 0, torch.qint8)) == 30 + 16  # one scale + zero point
+    per_row = torch.quantize_per_channel(x, torch.full((6,), 0.1), torch.zeros(6, dtype=torch.long), 0, torch.qint8)
+    assert _tensor_bytes(per_row) == 30 + 6 * 16  # a float64 scale and an int64 zero point per row
+    assert _tensor_bytes(torch.zeros(3, 2, dtype=torch.bfloat16)) == 12
+
+
+class _Odd(nn.Module):
+    """A weight of each kind coverage does not name, a legacy-quantized bias, buffers kept and not kept."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 3, 1)
+        self.register_buffer("kept", torch.tensor([0.0, 1.0, 0.0]))
+        self.register_buffer("scratch", torch.zeros(5), persistent=False)
+
+
+def test_coverage_of_other_modules_buffers_and_zeros():
+    model = _Odd()
+    with torch.no_grad():
+        model.conv.weight.zero_()
+        model.conv.weight[0, 0, 0] = 1.0
+    report = compress.coverage(model)
+    assert list(report.index) == ["kept", "conv.weight", "conv.bias"]  # the non-persistent buffer is not stored
+    assert list(report["kind"]) == ["other"] * 3 and list(report["format"]) == ["fp32"] * 3
+    assert report.loc["kept", "zeros"] == 2 and report.loc["conv.weight", "zeros"] == 5  # 6 weights, one nonzero
+    assert not report["quantized"].any() and compress.quantized_share(report) == 0
+    with pytest.raises(ValueError, match="^ReLU stores no weights$"):
+        compress.coverage(nn.ReLU())
+
+
+def test_coverage_of_a_legacy_linear_with_its_bias():
+    model = nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([0.0, 1.0, 0.0, 2.0]))
+    report = compress.coverage(compress.quantize(model, "legacy-dynamic"))
+    assert list(report.index) == ["0.weight", "0.bias", "1.weight"]
+    engine = torch.backends.quantized.engine
+    assert report.loc["0.weight"].to_dict() == dict(kind="linear", shape=(4, 8), format="qint8",
+                                                    kernel=f"torch.ao dynamic Linear: {engine} int8 GEMM",
+                                                    bytes_before=4 * 8 * 4, bytes=32 + 16, quantized=True, zeros=0)
+    assert report.loc["0.bias"].to_dict() == dict(kind="linear", shape=(4,), format="fp32", kernel="",
+                                                  bytes_before=16, bytes=16, quantized=False, zeros=2)
+    assert compress.quantized_share(report) == pytest.approx((128 + 32) / (128 + 16 + 32))
+
+
+def test_quantized_share_by_hand():
+    import pandas as pd
+
+    report = pd.DataFrame({"quantized": [True, False, True], "bytes_before": [30, 50, 20]})
+    assert compress.quantized_share(report) == 0.5
+
+
+class _Clock:
+    """Stands in for time.perf_counter: each timed forward reads it twice and lasts the next scripted duration."""
+
+    def __init__(self, durations):
+        self.durations, self.now, self.started = list(durations), 0.0, False
+
+    def __call__(self):
+        if self.started:
+            self.now += self.durations.pop(0)
+        self.started = not self.started
+        return self.now
+
+
+def test_latencies_is_the_median_round_per_token(monkeypatch):
+    # round-robin: a, b, a, b, a, b; a's durations 1, 2, 6 (median 2, mean 3), b's 5, 4, 9 (median 5)
+    monkeypatch.setattr(time, "perf_counter", _Clock([1, 5, 2, 4, 6, 9]))
+    result = compress.latencies({"a": _Counted(), "b": _Counted()}, torch.zeros(2, 4, dtype=torch.long), repeats=3,
+                                warmup=0)
+    assert result == {"a": 2 / 8, "b": 5 / 8}  # 8 tokens per forward
+
+
+class _Mode(_Counted):
+    def forward(self, input_ids):
+        self.log.append(self.training)
+
+
+def test_latencies_time_in_eval_mode_and_restore_each_models_mode():
+    training, evaluating = _Mode().train(), _Mode().eval()
+    compress.latencies({"t": training, "e": evaluating}, torch.zeros(1, 1, dtype=torch.long), repeats=1, warmup=1)
+    assert training.log == [False, False] and evaluating.log == [False, False]
+    assert training.training and not evaluating.training
+
+
+@pytest.mark.parametrize("repeats, warmup, shape", [(1, 0, (1, 1)), (0, 0, (1, 1)), (1, -1, (1, 1)),
+                                                    (1, 0, (1, 0)), (1, 0, (0, 3)), (1, 0, (1, 2, 3))])
+def test_latency_limits(repeats, warmup, shape):
+    model, ids = _Counted(), torch.zeros(shape, dtype=torch.long)
+    if repeats >= 1 and warmup >= 0 and shape == (1, 1):
+        assert compress.latency(model, ids, repeats=repeats, warmup=warmup) > 0 and model.calls == 1
+        return
+    message = (f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}" if repeats < 1 or warmup < 0 else
+               f"input_ids must be a non-empty (batch, seq_len) tensor, got shape {shape}")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        compress.latency(model, ids, repeats=repeats, warmup=warmup)
+    assert model.calls == 0
+
+
+def test_sync_waits_for_a_cuda_device_only(monkeypatch):
+    from cookbook.compress.measure import _sync
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    _sync(torch.device("cpu"))
+    _sync(torch.device("cuda", 1))
+    assert waited == [torch.device("cuda", 1)]
+
+
+class _Bigram(nn.Module):
+    """logits[t] = table[token t]: the next-token loss is a sum of table rows' cross-entropies, by hand."""
+
+    def __init__(self, table, pad=0):
+        super().__init__()
+        self.table, self.modes = nn.Parameter(torch.as_tensor(table, dtype=torch.float32)), []
+        self.pad = nn.Parameter(torch.ones(pad))  # bytes on disk, nothing else
+
+    def forward(self, input_ids, attention_mask=None):
+        self.modes.append(self.training)
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def test_evaluate_counts_only_the_labelled_targets():
+    # vocabulary of 2; from token 0 the model says 1 (log-odds ln 3: p = 3/4), from token 1 it says 0 (p = 3/4)
+    model = _Bigram([[0.0, math.log(3)], [math.log(3), 0.0]]).train()
+    ids = torch.tensor([[0, 1, 0, 0], [1, 1, 0, 1]])
+    labels = ids.clone()
+    labels[0, 2], labels[1, 0] = -100, -100  # the first label is never a target anyway: 6 - 1 = 5 targets
+    # targets: (0->1 right), (1->0 masked), (0->0 wrong) | (1->1 wrong), (1->0 right), (0->1 right)
+    result = compress.evaluate(model, [{"input_ids": ids, "labels": labels}])
+    right, wrong = -math.log(3 / 4), -math.log(1 / 4)
+    assert result["loss"] == pytest.approx((3 * right + 2 * wrong) / 5, rel=1e-6)
+    assert result["ppl"] == pytest.approx(math.exp((3 * right + 2 * wrong) / 5), rel=1e-6)
+    assert result["accuracy"] == 3 / 5
+    assert model.modes == [False] and model.training  # evaluated in eval mode, its mode restored
+    tensors = compress.evaluate(model, [ids[:1], ids[1:]])  # input_ids alone: every next token is a target
+    assert tensors["loss"] == pytest.approx((4 * right + 2 * wrong) / 6, rel=1e-6) and tensors["accuracy"] == 4 / 6
+
+
+def test_evaluate_perplexity_is_capped_instead_of_overflowing():
+    model = _Bigram([[0.0, 1000.0], [0.0, 1000.0]])  # always says 1, by 1000 nats
+    result = compress.evaluate(model, [torch.tensor([[0, 0, 0]])])  # two targets, both 0: loss 1000 each
+    assert result["loss"] == pytest.approx(1000.0) and result["ppl"] == math.exp(700.0) and result["accuracy"] == 0
+
+
+@pytest.mark.parametrize("error", [RuntimeError, NotImplementedError, AssertionError, ValueError, TypeError])
+def test_compare_notes_the_first_80_characters_of_the_first_line(error):
+    class Broken(_Counted):
+        def forward(self, input_ids):
+            raise error("x" * 100 + "\nsecond line")
+
+    class Silent(_Counted):
+        def forward(self, input_ids):
+            raise error()
+
+    table = compress.compare({"ok": _Counted(), "long": Broken(), "silent": Silent()},
+                             latency_ids=torch.zeros(1, 1, dtype=torch.long), repeats=1, warmup=0)
+    assert table.loc["long", "notes"] == "no cpu run: " + "x" * 80
+    assert table.loc["silent", "notes"] == f"no cpu run: {error.__name__}"
+    assert table["us_per_token_cpu"].notna().tolist() == [True, False, False]
+
+
+def test_compare_on_two_devices_times_each_variant_where_it_is(monkeypatch):
+    # the meta device runs a forward without data: a second device on a CPU-only machine (an integer weight:
+    # coverage counts no zeros of it, which a meta tensor could not)
+    on_cpu, on_meta = _Counted(), _Counted()
+    on_meta.weight = nn.Parameter(torch.zeros(1, dtype=torch.long, device="meta"), requires_grad=False)
+    ids = torch.zeros(1, 2, dtype=torch.long)
+    monkeypatch.setattr(time, "perf_counter", _Clock([2, 3]))  # on_cpu 2 s on the cpu, then on_meta 3 s on meta
+    table = compress.compare({"cpu": on_cpu, "meta": on_meta}, latency_ids=ids, repeats=1, warmup=0)
+    assert table.loc["cpu", "us_per_token_cpu"] == 1e6 * 2 / 2 and math.isnan(table.loc["meta", "us_per_token_cpu"])
+    assert math.isnan(table.loc["cpu", "us_per_token_meta"]) and table.loc["meta", "us_per_token_meta"] == 1e6 * 3 / 2
+    assert on_cpu.calls == 2 and on_meta.calls == 2  # the trial run and one timed forward, each on its own device
+    monkeypatch.setattr(time, "perf_counter", _Clock([2, 1, 4]))  # devices given: each variant timed on each
+    table = compress.compare({"cpu": on_cpu}, latency_ids=ids, devices=["meta", "cpu"], repeats=1, warmup=0)
+    assert table.loc["cpu", "us_per_token_meta"] == 1e6 * 2 / 2 and table.loc["cpu", "us_per_token_cpu"] == 1e6 / 2
+    assert on_cpu.calls == 2 + 2  # on the cpu itself (the meta run went to a copy)
+
+
+def test_compare_against_another_baseline_by_hand(monkeypatch):
+    # two bigram models over a vocabulary of 2 with known losses; b is the baseline, with 4 kB more on disk
+    a = _Bigram([[0.0, math.log(3)], [math.log(3), 0.0]])  # p = 3/4 on the alternating next token
+    b = _Bigram([[0.0, 0.0], [0.0, 0.0]], pad=512).double()  # uniform: loss ln 2
+    ids = torch.tensor([[0, 1, 0, 1, 0]])  # 4 targets, all alternating
+    monkeypatch.setattr(time, "perf_counter", _Clock([4, 1]))  # a then b: a takes 4x as long
+    table = compress.compare({"a": a, "b": b}, [ids], ids, repeats=1, warmup=0, baseline="b")
+    loss_a = -math.log(3 / 4)
+    assert table.loc["a", "loss"] == pytest.approx(loss_a) and table.loc["b", "loss"] == pytest.approx(math.log(2))
+    assert table.loc["a", "ppl_delta_pct"] == pytest.approx(100 * ((4 / 3) / 2 - 1))  # ppl 4/3 against 2
+    assert table.loc["b", "accuracy"] == 0.5 and table.loc["a", "accuracy_delta_pts"] == 50  # a tie's argmax: 0
+    assert table.loc["a", "speedup_cpu"] == 1 / 4 and table.loc["b", "speedup_cpu"] == 1
+    assert table.loc["a", "size_mb"] == compress.state_bytes(a) / 1e6
+    assert table.loc["a", "size_ratio"] == pytest.approx(compress.state_bytes(a) / compress.state_bytes(b))
+    assert table.loc["a", "size_ratio"] < 0.5  # 512 float64 = 4096 bytes more in b
+    assert table.loc["b", "size_ratio"] == 1 and table.loc["b", "path"] == "dense float64"
+    assert table.loc["a", "covered_ratio"] == 1.0 and table.loc["a", "zeros"] == 0
+    assert list(table.columns[-2:]) == ["path", "notes"] and table.columns[:2].tolist() == ["size_mb", "size_ratio"]
+    assert table.index.name == "variant"
+
+
+def test_compare_zeros_are_the_share_of_matrix_weights_that_are_zero():
+    model = nn.Sequential(nn.Embedding(4, 4), nn.Linear(4, 2, bias=False), nn.Linear(2, 3))
+    with torch.no_grad():
+        model[0].weight.zero_()  # not a matrix of the zeros column: embeddings are not pruned
+        model[1].weight.copy_(torch.tensor([[0.0, 1.0, 0.0, 2.0], [3.0, 0.0, 4.0, 5.0]]))  # 3 zeros
+        model[2].weight.fill_(1.0)
+        model[2].bias.zero_()  # 3 zeros in a bias: counted, as the linear layer's own tensor
+    table = compress.compare({"m": model})
+    assert table.loc["m", "zeros"] == pytest.approx((3 + 3) / (8 + 6 + 3))
+    assert table.loc["m", "path"] == "dense fp32" and table.loc["m", "notes"] == ""
+    assert "us_per_token_cpu" not in table and "ppl" not in table
