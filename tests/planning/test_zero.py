@@ -302,3 +302,29 @@ def test_zero_plan_passes_every_setting_on_and_returns_plain_python_values():
                                          r"ZeRO-3 without offload fits from 2 GPUs$"):
         # ZeRO-3 of fp32 SGD, half trainable: (4 + 2 + 2) / n GB: 4 GB on 2 GPUs fits 4 x 1.0, 8 GB on one does not
         planning.zero_plan(10**9, 1, 4, usable=1.0, cpu_memory_gb=1, **kwargs)
+
+
+@pytest.mark.parametrize("n", [1, 2, 8])
+def test_every_stage_and_offload_on_one_two_and_eight_gpus_by_hand(n):
+    """1e9 parameters, mixed-precision AdamW (the ZeRO paper's 2 + 2 + 12 bytes each), 3 micro-steps, 5 GB GPUs
+    (4.5 usable) and 15 GB of CPU RAM: GPU and CPU GB, GB sent per step and fit of each option, written out."""
+    k, wire = 3, 2 * (n - 1) / n  # one ring pass over 1e9 bf16 values sends 2 x (n-1)/n GB per GPU
+    by_hand = {  # option: (GPU GB, CPU GB, passes over the values per step)
+        "DDP (ZeRO-0)": (2 + 2 + 12, 0, 2),
+        "ZeRO-1": (2 + 2 + 12 / n, 0, 2),
+        "ZeRO-2": (2 + (2 + 12) / n, 0, k + 1),
+        "ZeRO-2 + offload optimizer": (2, 12 + 2, k + 1),  # the CPU keeps the states and the gradients they update from
+        "ZeRO-3": ((2 + 2 + 12) / n, 0, 3 * k),
+        "ZeRO-3 + offload optimizer": (2 / n, 12 + 2, 3 * k),
+        "ZeRO-3 + offload optimizer and params": (0, 12 + 2 + 2, 3 * k),
+    }
+    table = planning.zero_options(10**9, n, 5, grad_accum=k, cpu_memory_gb=15)
+    assert list(table.index) == list(by_hand)
+    for option, (gpu, cpu, passes) in by_hand.items():
+        row = table.loc[option]
+        assert (row["gpu_gb"], row["cpu_gb"]) == (pytest.approx(gpu), pytest.approx(cpu))
+        assert row["comm_gb_per_step"] == pytest.approx(passes * wire)
+        assert row["fits"] == (gpu <= 4.5 and cpu <= 15)
+    # the fastest that fits: on 8 GPUs ZeRO-2 (3.75 GB), on 1 or 2 the optimizer must leave the GPU
+    plan = planning.zero_plan(10**9, n, 5, grad_accum=k, cpu_memory_gb=15)
+    assert plan["option"] == ("ZeRO-2" if n == 8 else "ZeRO-2 + offload optimizer")
