@@ -78,3 +78,33 @@ def test_complete_is_seeded_and_returns_bodies():
     assert all(body == "    x = 1\n" for s in a for body in s)  # cut before the unindented tail
     with pytest.raises(ValueError, match="greedy decoding"):
         codegen.complete(model, Tok(), prompts, samples=2, temperature=0)
+
+
+def test_function_body_end_keeps_indented_and_blank_lines_and_ends_with_one_newline():
+    assert codegen.function_body_end("    return 1") == "    return 1\n"  # no final newline: one added
+    assert codegen.function_body_end("    a = 1\n  \n\n\tb = 2\n\n\nx = 1\n") == "    a = 1\n  \n\n\tb = 2\n"
+    assert codegen.function_body_end("x = 1\n    return 1\n") == ""  # a top-level line first: nothing
+    assert codegen.function_body_end("\n  \n") == codegen.function_body_end("") == ""  # only blanks: nothing
+
+
+def test_held_out_functions_edges():
+    one_line = 'def f(x):\n    """Doc."""\n    return x\n'
+    same_line = 'def g(x):\n    """Doc."""; return x\n'  # the body shares the docstring's line: 0 body lines
+    only_doc = 'def h(x):\n    """Doc."""\n'
+    head, body = 'def k(x):\n    """Doc."""\n', "    x += 1\n" * 11 + "    return x\n"  # 12 body lines, the default
+    long = head + body
+    assert codegen.held_out_functions([one_line, same_line, only_doc, long], limit=5) == [
+        ('def f(x):\n    """Doc."""\n', "    return x\n"), (head, body)]
+    assert codegen.held_out_functions([long.replace("return x", "x += 1\n    return x")], limit=5) == []  # 13
+    assert codegen.held_out_functions([one_line, long], limit=1) == [('def f(x):\n    """Doc."""\n', "    return x\n")]
+    assert codegen.held_out_functions(["x = 1\n" + one_line], limit=1)[0][0] == 'def f(x):\n    """Doc."""\n'
+    with pytest.raises(ValueError, match="max_body_lines must be a positive int, got 0"):
+        codegen.held_out_functions([one_line], limit=1, max_body_lines=0)
+
+
+def test_a_task_is_a_prompt_its_solution_completes():
+    task = codegen._task("double", "double(x)", "Return 2x.", "    return 2 * x\n", "assert double(3) == 6\n")
+    assert task == codegen.Task("double", 'def double(x):\n    """Return 2x."""\n', "    return 2 * x\n",
+                                "assert double(3) == 6\n")
+    assert task.program == 'def double(x):\n    """Return 2x."""\n    return 2 * x\n'
+    assert codegen.held_out_functions([task.program], limit=1) == [(task.prompt, task.solution)]
