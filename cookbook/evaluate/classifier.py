@@ -10,6 +10,7 @@ Inputs are float feature matrices (N, features) and integer labels (N,): scikit-
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -56,8 +57,8 @@ def fit(model: nn.Module, x, y, *, epochs: int, lr: float, batch_size: int = 64,
     x, y = _as_tensors(x, y)
     positive_int("epochs", epochs)
     positive_int("batch_size", batch_size)
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not 0 < lr < math.inf:  # AdamW itself takes an infinite lr: one step makes the weights infinite
+        raise ValueError(f"lr must be > 0 and finite, got {lr!r}")
     loss_fn = loss_fn or (lambda m, xb, yb: F.cross_entropy(m(xb), yb))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
