@@ -1,6 +1,7 @@
 """FGSM and PGD: a hand computation, torchattacks, the ε-ball and valid range, side effects, the robust table."""
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -235,3 +236,164 @@ def test_perturb_default_step_is_2_5_eps_over_steps():
     assert robust.perturb(loss, x, 0.1, steps=10, random_start=False, alpha=0.025).item() == adv.item()
     torch.manual_seed(0)
     assert robust.perturb(loss, x, 0.1, steps=10).item() != pytest.approx(0.55, abs=1e-6)  # random start by default
+
+
+# ----------------------------------------------------------------------------- against references, exact messages
+def _tiny_image_model(scale=1.0, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    with torch.no_grad():
+        model[1].weight.mul_(scale)
+    return model
+
+
+def _images(n=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 4, 4, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_random_start_matches_torchattacks_from_the_same_seed(norm):
+    torchattacks = pytest.importorskip("torchattacks")
+    model, (x, y) = _tiny_image_model(), _images()
+    attack = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
+    torch.manual_seed(1)
+    ours = robust.pgd(model, x, y, 0.3, alpha=0.1, steps=3, norm=norm)
+    torch.manual_seed(1)
+    theirs = attack(model, eps=0.3, alpha=0.1, steps=3)(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)  # L2: the start's norm rounds differently
+
+
+def test_pgd_defaults_are_ten_steps_of_2_5_eps_over_10_from_a_random_start():
+    torchattacks = pytest.importorskip("torchattacks")
+    model, (x, y) = _tiny_image_model(), _images()
+    torch.manual_seed(2)
+    ours = robust.pgd(model, x, y, 0.2)
+    torch.manual_seed(2)
+    theirs = torchattacks.PGD(model, eps=0.2, alpha=0.05, steps=10, random_start=True)(x, y)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_l2_step_guard_matches_torchattacks_on_tiny_gradients(targeted):
+    """Gradients of norm ~1e-10: the step grad / (‖grad‖ + 1e-10) is then shorter than alpha, as in torchattacks."""
+    torchattacks = pytest.importorskip("torchattacks")
+    model, (x, y) = _tiny_image_model(scale=1e-9), _images()
+    attack = torchattacks.PGDL2(model, eps=0.5, alpha=0.1, steps=2, random_start=False)
+    if targeted:
+        attack.set_mode_targeted_by_label(quiet=True)
+        y = (y + 1) % 3
+    ours = robust.pgd(model, x, y, 0.5, alpha=0.1, steps=2, norm="l2", random_start=False, targeted=targeted)
+    assert torch.equal(ours, attack(x, y))
+    assert (ours - x).flatten(1).norm(dim=1).max() < 0.15  # two steps of 0.1 would reach 0.2
+
+
+def test_fgsm_without_clamp_and_pgd_in_another_range_by_hand():
+    model, (x, y) = _linear(), _batch()
+    inputs = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(nn.functional.cross_entropy(model(inputs), y), inputs)
+    expected = x + 0.7 * grad.sign()
+    assert expected.max() > 1 and torch.equal(robust.fgsm(model, x, y, 0.7, clamp=None), expected)
+    centred = 2 * x - 1  # inputs in [-1, 1]
+    adv = robust.pgd(model, centred, y, 0.5, alpha=0.5, steps=1, random_start=False, clamp=(-1.0, 1.0))
+    (grad,) = torch.autograd.grad(nn.functional.cross_entropy(model(centred.requires_grad_(True)), y), centred)
+    torch.testing.assert_close(adv, (centred.detach() + 0.5 * grad.sign()).clamp(-1, 1))
+
+
+def test_perturb_defaults_ten_steps_and_the_unit_range():
+    x = torch.full((1, 1), 0.5, dtype=torch.float64)
+    loss = lambda adv: -((adv - 0.53) ** 2).sum()  # noqa: E731  (see test_perturb_default_step_is_2_5_eps_over_steps)
+    assert robust.perturb(loss, x, 0.1, random_start=False).item() == pytest.approx(0.55, abs=1e-12)
+    up = lambda adv: adv.sum()  # noqa: E731
+    near_one = torch.full((1, 1), 0.95, dtype=torch.float64)
+    assert robust.perturb(up, near_one, 0.1, random_start=False).item() == 1.0  # clamped to [0, 1] by default
+    assert robust.perturb(up, near_one, 0.1, random_start=False, clamp=None).item() == pytest.approx(1.05)
+    assert robust.perturb(up, x, 1.0, random_start=False, alpha=0.2, steps=1).item() == pytest.approx(0.7)  # eps 1
+    with pytest.raises(ValueError, match=r"valid range \[0.0, 1.0\]"):
+        robust.perturb(up, near_one + 0.1, 0.1)
+
+
+def test_attacks_accept_the_ends_of_the_valid_range_and_empty_batches():
+    model, (x, y) = _linear(), _batch()
+    x[0, 0], x[1, 1] = 0.0, 1.0  # the ends of [0, 1] are inside
+    assert robust.fgsm(model, x, y.int(), 0.1).shape == x.shape  # int32 labels are labels too
+    assert robust.pgd(model, x, y, 0.1, alpha=1e-12, steps=1).shape == x.shape
+    assert torch.equal(robust.pgd(model, x, y, 0), x)
+    assert robust.fgsm(model, x[:0], y[:0], 0.1).shape == (0, 4)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, x, y: robust.fgsm(m, x, y, True), "eps must be a finite number >= 0, got True"),
+    (lambda m, x, y: robust.fgsm(m, x, y, "0.1"), "eps must be a finite number >= 0, got '0.1'"),
+    (lambda m, x, y: robust.fgsm(m, x, y, float("inf")), "eps must be a finite number >= 0, got inf"),
+    (lambda m, x, y: robust.pgd(m, x, y, -1e-9), "eps must be a finite number >= 0, got -1e-09"),
+    (lambda m, x, y: robust.pgd(m, x, y, 0.1, alpha=0), "alpha (the step size) must be a number > 0, got 0"),
+    (lambda m, x, y: robust.pgd(m, x, y, 0.1, alpha=True), "alpha (the step size) must be a number > 0, got True"),
+    (lambda m, x, y: robust.pgd(m, x, y, 0.1, alpha="0.1"),
+     "alpha (the step size) must be a number > 0, got '0.1'"),
+    (lambda m, x, y: robust.pgd(m, x, y, 0.1, steps=0), "steps must be a positive int, got 0"),
+    (lambda m, x, y: robust.pgd(m, x, y, 0.1, norm="L2"), "norm must be one of linf, l2, got 'L2'"),
+    (lambda m, x, y: robust.fgsm(m, x, y, 0.1, clamp=(0.5, 0.5)), "clamp must be (low, high) with low < high, got "
+     "(0.5, 0.5)"),
+    (lambda m, x, y: robust.fgsm(m, x + 0.5, y, 0.1), "x must lie in the valid range [0.0, 1.0], got values in "
+     "[0.522, 1.42]: attacks work in pixel space, so put the normalisation inside the model (robust.Normalize) or "
+     "pass clamp=None"),
+    (lambda m, x, y: robust.pgd(m, x - 0.5, y[:2], 0.1), "x must lie in the valid range [0.0, 1.0], got values in "
+     "[-0.478, 0.415]: attacks work in pixel space, so put the normalisation inside the model (robust.Normalize) or "
+     "pass clamp=None"),  # the range is checked before the labels
+    (lambda m, x, y: robust.fgsm(m, x, y[:3], 0.1), "y must be integer class labels, one per example of x ((6,)), "
+     "got torch.int64 of shape (3,)"),
+    (lambda m, x, y: robust.pgd(m, x, y.tolist(), 0.1), "y must be integer class labels, one per example of x "
+     "((6,)), got list of shape ()"),
+    (lambda m, x, y: robust.fgsm(m, x, y.short(), 0.1), "y must be integer class labels, one per example of x "
+     "((6,)), got torch.int16 of shape (6,)"),
+    (lambda m, x, y: robust.fgsm(m, x, y[:, None], 0.1), "y must be integer class labels, one per example of x "
+     "((6,)), got torch.int64 of shape (6, 1)"),
+    (lambda m, x, y: robust.robust_accuracy(m, [(x,)], robust.fgsm, [0.1]), "the loader must yield (inputs, labels) "
+     "batches, like a TensorDataset or torchvision's"),
+    (lambda m, x, y: robust.robust_accuracy(m, [x], robust.fgsm, [0.1]), "the loader must yield (inputs, labels) "
+     "batches, like a TensorDataset or torchvision's"),
+    (lambda m, x, y: robust.robust_accuracy(m, [], robust.fgsm, [0.1]), "the loader yielded no examples"),
+    (lambda m, x, y: robust.robust_accuracy(m, [(x, y)], robust.fgsm, []), "eps_list needs at least one radius"),
+])
+def test_bad_input_messages_in_full(call, message):
+    model, (x, y) = _linear(), _batch()
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        call(model, x, y)
+
+
+@pytest.mark.parametrize("x, message", [
+    ([[0.5]], "x must be a floating-point tensor, got list"),
+    (torch.ones(1, 4, dtype=torch.long), "x must be a floating-point tensor, got Tensor torch.int64"),
+])
+def test_non_float_inputs_message_in_full(x, message):
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        robust.fgsm(_linear(), x, torch.zeros(1, dtype=torch.long), 0.1)
+
+
+def test_robust_accuracy_counts_by_hand_across_batches():
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))  # predicts the larger coordinate
+    x = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]])
+    y = torch.tensor([0, 1, 1, 0, 0])  # clean: right, right, wrong, wrong, right
+    sizes = []
+
+    def swap(m, inputs, labels, eps):  # flips every prediction
+        sizes.append(len(inputs))
+        return inputs.flip(-1)
+
+    loader = [(x[i:i + 2], y[i:i + 2]) for i in (0, 2, 4)] + [(x[:2], y[:2])]  # 2 + 2 + 1 (+ 2 not read)
+    table = robust.robust_accuracy(model, loader, swap, [1.0], max_examples=5)
+    assert sizes == [2, 2, 1]  # the attack never sees an empty batch, nor the batch past max_examples
+    assert table.loc[1.0].tolist() == [3 / 5, 0.0, 1.0, 5]
+    one = robust.robust_accuracy(model, [(x[2:3], y[2:3])], swap, [0.0, 1.0])  # one example, classified wrong
+    assert one["clean_accuracy"].tolist() == [0.0, 0.0] and one["examples"].tolist() == [1, 1]
+    assert one["attack_success_rate"].isna().all()  # nothing to flip: undefined, not a division by zero
+
+
+def test_a_model_without_parameters_runs_on_the_cpu():
+    picks_larger = nn.Identity()  # no parameters: the inputs' device is the CPU
+    x, y = torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 0])
+    table = robust.robust_accuracy(picks_larger, [(x, y)], lambda m, inputs, labels, eps: inputs, [0.1])
+    assert table.loc[0.1, "clean_accuracy"] == 0.5 and robust.accuracy(picks_larger, [(x, y)]) == 0.5
