@@ -247,7 +247,9 @@ def test_without_namespaces_it_refuses_and_the_weaker_guard_is_opt_in(monkeypatc
     try:
         with pytest.raises(SandboxUnavailable, match="No permissions to create a new namespace.*isolation='in-process'"):
             run_candidate(ADD, TESTS)
-        with pytest.warns(SandboxWarning, match="audit hook that hostile code can switch off") as caught:
+        message = ("^isolation='in-process': candidates share the host's user, network, processes and files, held "
+                   "back only by an audit hook that hostile code can switch off$")
+        with pytest.warns(SandboxWarning, match=message) as caught:
             for _ in range(2):
                 assert run_candidate(ADD, TESTS, isolation="in-process").passed
         assert len(caught) == 2 and at_caller(caught[0], __file__)  # a warning on every call, at the caller
@@ -268,14 +270,17 @@ def test_the_in_process_guard_refuses_writes_network_and_processes(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::cookbook.evaluate.execution.SandboxWarning")
-def test_the_in_process_run_has_the_same_limits_in_an_empty_environment_folder_and_session(monkeypatch):
+def test_the_in_process_run_has_the_same_limits_in_an_empty_environment_folder_and_session(monkeypatch, tmp_path):
     monkeypatch.setenv("COOKBOOK_SECRET", secrets.token_hex(8))
+    monkeypatch.chdir(tmp_path)  # the caller's folder: neither the candidate's nor a place for the harness's files
+    (tmp_path / "caller.txt").write_text("x")
     facts = ("import os, sys\ndef facts():\n    return (dict(os.environ), os.listdir('.'), os.getsid(0) == os.getpid(),\n"
              "            sys.flags.isolated, sys.flags.no_site)\n")
     tests = "assert facts() == ({'LC_ALL': 'C.UTF-8'}, [], True, 1, 1), facts()\n"
     assert run_candidate(facts, tests, isolation="in-process").passed
     limits = _limits(RLIMIT_FSIZE=16 * 2**20, RLIMIT_CORE=0, RLIMIT_CPU=3, RLIMIT_AS=256 * 2**20)  # no NPROC here
     assert run_candidate(LIMITS, limits, timeout=2.0, memory_mb=256, isolation="in-process").passed
+    assert [p.name for p in tmp_path.iterdir()] == ["caller.txt"]
 
 
 def test_timeouts_and_seconds_are_reported():
