@@ -2,11 +2,16 @@
 
 import copy
 import json
+import os
 import re
+import sys
+import types
 
 import pytest
+import torch
 
 from cookbook import planning
+from cookbook.planning import zero as zero_module
 
 
 def test_zero_config():
@@ -328,3 +333,90 @@ def test_every_stage_and_offload_on_one_two_and_eight_gpus_by_hand(n):
     # the fastest that fits: on 8 GPUs ZeRO-2 (3.75 GB), on 1 or 2 the optimizer must leave the GPU
     plan = planning.zero_plan(10**9, n, 5, grad_accum=k, cpu_memory_gb=15)
     assert plan["option"] == ("ZeRO-2" if n == 8 else "ZeRO-2 + offload optimizer")
+
+
+def test_zero_plan_defaults_and_limits():
+    """The defaults (one micro-batch of one sequence, no accumulation) reach the table and the config; a GPU of 1 GB
+    or less is still a GPU (capacity must be > 0, not > 1)."""
+    table = planning.zero_options(10**9, 2, 5)
+    assert table.loc["ZeRO-3", "comm_gb_per_step"] == pytest.approx(3 * 1 * 2 * 1 / 2)  # 3k passes, k = 1
+    plan = planning.zero_plan(10**9, 8, 5)
+    assert plan["config"]["train_micro_batch_size_per_gpu"] == plan["config"]["gradient_accumulation_steps"] == 1
+    small = planning.zero_options(10**8, 4, 1, usable=1.0)  # 0.1 B parameters, 16 bytes each over 4 GPUs: 0.4 GB
+    assert small.loc["ZeRO-3", "gpu_gb"] == pytest.approx(0.4) and small.loc["ZeRO-3", "fits"]
+    assert planning.min_gpus(lambda n: 0.4 / n, 0.5, usable=1.0) == 1 and planning.min_gpus(
+        lambda n: 2 / n, 0.5, usable=1.0) == 4
+
+
+def test_min_gpus_upper_limit():
+    """max_gpus defaults to 4096: a job that needs 4096 GPUs gets them, one that needs 4097 gets None."""
+    assert planning.min_gpus(lambda n: 4096 / n, 1, usable=1.0) == 4096
+    assert planning.min_gpus(lambda n: 4097 / n, 1, usable=1.0) is None
+    assert planning.min_gpus(lambda n: 4097 / n, 1, usable=1.0, max_gpus=4097) == 4097
+
+
+def test_zero_plan_bucket_sizes_follow_the_models_hidden_size():
+    """The Trainer's rule of thumb from the config's hidden size (7B: 4096) unless hidden_size= says otherwise."""
+    config = planning.llama1_config("7B")
+    plan = planning.zero_plan(config, 8, 80, seq_len=2048)  # ZeRO-1 (see above)
+    assert plan["config"]["zero_optimization"]["reduce_bucket_size"] == 4096 * 4096
+    three = planning.zero_plan(config, 8, 12, seq_len=512, hidden_size=1024)["config"]["zero_optimization"]  # ZeRO-3
+    assert (three["stage"], three["reduce_bucket_size"], three["stage3_prefetch_bucket_size"],
+            three["stage3_param_persistence_threshold"]) == (3, 1024 * 1024, int(0.9 * 1024 * 1024), 10 * 1024)
+    assert "reduce_bucket_size" not in planning.zero_plan(10**9, 8, 80)["config"]["zero_optimization"]  # a count
+
+
+def test_zero_plan_when_the_activations_alone_overflow_the_gpu():
+    """80 sequences of 2048 tokens of the 7B model: 86.7 GB of activations per GPU (planning.activation_memory),
+    more than 0.9 x 80 GB whatever ZeRO-3 splits, so no GPU count helps; no CPU limit given, none named."""
+    config = planning.llama1_config("7B")
+    assert planning.activation_memory(config, 80, 2048) > 0.9 * 80
+    with pytest.raises(ValueError, match=r"^no ZeRO option fits on 8 x 80 GB GPUs; nor ZeRO-3 on any number of them$"):
+        planning.zero_plan(config, 8, 80, seq_len=2048, micro_batch=80)
+
+
+def test_validate_reads_auto_as_one_and_an_offload_without_device_as_none():
+    """"auto" sizes count as 1 in the batch check, on both paths; an offload block without `device` is DeepSpeed's
+    default, "none" (DeepSpeedZeroOffloadOptimizerConfig().device)."""
+    auto_micro = {**planning.zero_config(1, gradient_accumulation_steps=5), "train_batch_size": 12}
+    for use_deepspeed in (False, True):
+        with pytest.raises(ValueError, match="^train_batch_size 12 is not micro batch 1 x accumulation 5 x the"):
+            planning.validate_zero_config(auto_micro, use_deepspeed=use_deepspeed)
+    no_device = planning.zero_config(3, offload_optimizer=True, offload_params=True)
+    for key in ("offload_optimizer", "offload_param"):
+        del no_device["zero_optimization"][key]["device"]
+    assert _documented(no_device) == "documented"
+    offload = pytest.importorskip("deepspeed.runtime.zero.offload_config")
+    assert offload.DeepSpeedZeroOffloadOptimizerConfig().device == offload.DeepSpeedZeroOffloadParamConfig().device
+    assert planning.validate_zero_config(no_device) == "deepspeed"
+    assert planning.validate_zero_config(planning.zero_config(2)) == "deepspeed"  # every size "auto"
+
+
+def test_deepspeeds_rejection_names_pydantics_error():
+    pytest.importorskip("deepspeed")
+    config = planning.zero_config(2, offload_optimizer=True, micro_batch_size=4, gradient_accumulation_steps=2)
+    config["zero_optimization"]["offload_optimizer"]["devices"] = "cpu"
+    with pytest.raises(ValueError, match=r"^DeepSpeed rejects the config: ValidationError: 1 validation error"):
+        planning.validate_zero_config(config)
+
+
+def test_deepspeed_is_imported_with_its_cpu_accelerator_named_only_without_cuda(monkeypatch):
+    """A stand-in for deepspeed.runtime.config records DS_ACCELERATOR while it is imported: "cpu" without CUDA,
+    unset with CUDA (DeepSpeed detects it), the caller's own choice kept; the environment is left as it was."""
+    seen = []
+
+    def lookup(name):  # the module's __getattr__: called by `from ... import DeepSpeedConfig`
+        seen.append(os.environ.get("DS_ACCELERATOR"))
+        return dict
+
+    fake = types.ModuleType("deepspeed.runtime.config")
+    fake.__getattr__ = lookup
+    monkeypatch.setitem(sys.modules, "deepspeed.runtime.config", fake)
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    for cuda, preset, during in [(False, None, "cpu"), (True, None, None), (False, "cuda", "cuda")]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        if preset:
+            monkeypatch.setenv("DS_ACCELERATOR", preset)
+        seen.clear()
+        assert zero_module._deepspeed_config() is dict
+        assert seen and set(seen) == {during} and os.environ.get("DS_ACCELERATOR") == preset
