@@ -108,7 +108,8 @@ def test_ax_search_is_seeded_resumable_and_uses_botorch(tmp_path):
 
 def test_ax_missing_gives_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ax", None)
-    with pytest.raises(ImportError, match="pip install 'ax-platform"):
+    with pytest.raises(ImportError, match=r"^the ax back end needs Ax: pip install 'ax-platform>=1.3,<2' \(it brings "
+                                          "BoTorch and GPyTorch\\), or use backend='optuna'"):
         search(objective, SPACE, backend="ax", trials=2)
 
 
@@ -122,7 +123,7 @@ def test_stall_pruner_is_the_plateau_rule():
             trial.report(epoch, value)
         return values[-1]
 
-    result = search(stalls, {"x": Float(0, 1)}, trials=1, pruner="stall", patience=3)
+    result = search(stalls, {"x": Float(0, 1)}, trials=1, pruner="stall")  # the default patience, 3
     rule = Plateau(3)
     stop = next(e for e, v in enumerate(values, 1) if rule.update(e, v) is not None)
     assert reported == list(range(1, stop + 1)) == [1, 2, 3, 4, 5]
@@ -242,21 +243,25 @@ def test_best_so_far_by_hand():
 
 
 def test_median_pruner_by_hand():
-    # Trial 1 is worse than trial 0 from the start: pruned at epoch 1, the first epoch after the warm-up step 0.
+    # Trial 1 is worse than trial 0 from the start: pruned at epoch 1, the first epoch after the warm-up step 0,
+    # with the value it reached there (what a pruned trial passes on).
     curves = [1.0, 5.0, 0.5]
+    rows = []
 
     def curve(params, trial):
         for epoch in range(4):
-            trial.report(epoch, curves[trial.number])
-        return curves[trial.number]
+            trial.report(epoch, curves[trial.number] - epoch / 10)
+        return curves[trial.number] - 0.3
 
-    result = search(curve, {"x": Float(0, 1)}, backend="random", trials=3, pruner="median", startup_trials=1)
+    result = search(curve, {"x": Float(0, 1)}, backend="random", trials=3, pruner="median", startup_trials=1,
+                    on_trial=rows.append)
     assert result.trials[["state", "value", "epochs"]].to_dict("list") == {
-        "state": ["COMPLETE", "PRUNED", "COMPLETE"], "value": [1.0, 5.0, 0.5], "epochs": [3, 1, 3]}
+        "state": ["COMPLETE", "PRUNED", "COMPLETE"], "value": [0.7, 4.9, 0.2], "epochs": [3, 1, 3]}
+    assert [(r["state"], r["value"]) for r in rows] == [("COMPLETE", 0.7), ("PRUNED", 4.9), ("COMPLETE", 0.2)]
 
 
 def test_stall_pruner_when_maximizing_keeps_the_highest_value_and_reports_each_trial():
-    values = [0.1, 0.5, 0.3, 0.2, 0.4, 0.9]  # best 0.5 at epoch 2, three epochs without a new best: stop at 5
+    values = [0.1, 0.5, 0.3, 0.2, 0.4, 0.9]  # best 0.5 at epoch 2, two epochs without a new best: stop at 4
     rows = []
 
     def rises(params, trial):
@@ -264,11 +269,11 @@ def test_stall_pruner_when_maximizing_keeps_the_highest_value_and_reports_each_t
             trial.report(epoch, value)
         return values[-1]
 
-    result = search(rises, {"x": Float(0, 1)}, trials=1, direction="maximize", pruner="stall", patience=3,
+    result = search(rises, {"x": Float(0, 1)}, trials=1, direction="maximize", pruner="stall", patience=2,
                     on_trial=rows.append)
     x = result.trials.x[0]
-    assert rows == [{"backend": "optuna", "number": 0, "state": "COMPLETE", "value": 0.5, "x": x, "epochs": 5,
-                     "curve": dict(enumerate(values[:5], 1))}]
+    assert rows == [{"backend": "optuna", "number": 0, "state": "COMPLETE", "value": 0.5, "x": x, "epochs": 4,
+                     "curve": dict(enumerate(values[:4], 1))}]
     assert result.study.direction.name == "MAXIMIZE" and result.best_value == 0.5
 
 
@@ -307,7 +312,7 @@ def test_storage_records_the_setup_and_fails_a_crashed_runs_trial(tmp_path):
     result = search(objective, SPACE, backend="random", trials=2, seed=3, storage=db)
     assert result.study.user_attrs == {"backend": "random", "seed": 3, "space": repr(sorted(SPACE.items()))}
     assert [t.state.name for t in result.study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
-    with pytest.raises(ValueError, match="space="):
+    with pytest.raises(ValueError, match="space=.*; use another name or storage to start a new search"):
         search(objective, {"lr": Float(1e-5, 1e-1, log=True)}, backend="random", trials=3, seed=3, storage=db)
 
 
@@ -354,6 +359,7 @@ def test_history_plot_draws_the_best_so_far_per_search():
     assert ax.lines[0].get_xdata().tolist() == [1, 2, 3] and ax.lines[1].get_ydata().tolist() == b.best_so_far().tolist()
     assert (ax.get_title(), ax.get_ylabel(), ax.get_xlabel(), ax.get_yscale()) == ("t", "loss", "trial", "log")
     default = tuning.history_plot([a]).axes[0]
+    assert [line.get_label() for line in default.lines] == ["random"]  # a list: each search by its back end
     assert (default.get_title(), default.get_ylabel(), default.get_yscale()) == ("best value vs trials", "objective",
                                                                                  "linear")
     with pytest.raises(ValueError, match="needs at least one search result"):
@@ -380,3 +386,13 @@ def test_ax_gets_the_space_the_direction_and_each_value(tmp_path):
     assert objective.metric_names == ["objective"] and not objective.minimize
     assert result.trials.value.tolist() == result.trials.lr.tolist()
     assert experiment.lookup_data().df["mean"].tolist() == pytest.approx(result.trials.value.tolist(), rel=1e-6)
+
+
+def test_an_ax_trial_that_raises_fails_and_the_error_reaches_the_caller():
+    pytest.importorskip("ax")
+
+    def boom(params, trial):
+        raise ArithmeticError("boom")
+
+    with pytest.raises(ArithmeticError, match="boom"):
+        search(boom, {"x": Float(0, 1)}, backend="ax", trials=1)
