@@ -420,3 +420,23 @@ def test_deepspeed_is_imported_with_its_cpu_accelerator_named_only_without_cuda(
         seen.clear()
         assert zero_module._deepspeed_config() is dict
         assert seen and set(seen) == {during} and os.environ.get("DS_ACCELERATOR") == preset
+
+
+def test_zero_config_messages_in_full_and_stage_one_written_out():
+    for kwargs, message in [
+        (dict(stage=True), "stage must be 0, 1, 2 or 3, got True"),  # a bool is not a stage, though True == 1
+        (dict(stage=2, offload_params=True), "offload_params needs stage 3 (only stage 3 partitions the weights)"),
+        (dict(stage=0, offload_optimizer=True), "offload_optimizer needs stage 1, 2 or 3"),
+        (dict(stage=1, precision="bf16"), "precision must be fp32, bf16-mixed or fp16-mixed for DeepSpeed, got 'bf16' "
+                                          "(DeepSpeed's bf16 mode keeps fp32 master weights: that is bf16-mixed)"),
+        (dict(stage=1, micro_batch_size=0), "micro_batch_size must be a positive int, got 0"),
+        (dict(stage=1, gradient_accumulation_steps=0), "gradient_accumulation_steps must be a positive int, got 0"),
+        (dict(stage=1, hidden_size=0), "hidden_size must be a positive int, got 0"),
+        (dict(stage=1, gradient_clipping=-0.5), "gradient_clipping must be >= 0 (0 turns it off), got -0.5"),
+        (dict(stage=1, gradient_clipping="1.0"), "gradient_clipping must be >= 0 (0 turns it off), got '1.0'"),
+    ]:
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            planning.zero_config(**kwargs)
+    one = planning.zero_config(1, hidden_size=16, micro_batch_size=2, gradient_accumulation_steps=3)
+    assert one["zero_optimization"] == {"stage": 1, "overlap_comm": True, "contiguous_gradients": True,
+                                        "reduce_bucket_size": 16 * 16}
