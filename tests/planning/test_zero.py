@@ -440,3 +440,11 @@ def test_zero_config_messages_in_full_and_stage_one_written_out():
     one = planning.zero_config(1, hidden_size=16, micro_batch_size=2, gradient_accumulation_steps=3)
     assert one["zero_optimization"] == {"stage": 1, "overlap_comm": True, "contiguous_gradients": True,
                                         "reduce_bucket_size": 16 * 16}
+
+
+def test_validate_a_config_without_precision_blocks():
+    """fp16 and bf16 blocks are optional: DeepSpeed's defaults leave both off."""
+    minimal = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 1}
+    assert _documented(minimal) == "documented"
+    pytest.importorskip("deepspeed")
+    assert planning.validate_zero_config(minimal) == "deepspeed"
