@@ -95,3 +95,119 @@ def test_semi_structured_on_a_gpu_keeps_the_outputs():
     x = torch.randn(64, 128, device="cuda", dtype=torch.half)
     with torch.no_grad():
         assert torch.allclose(sparse(x), dense(x), atol=1e-2, rtol=1e-2)
+
+
+# --- issue 30: the cases mutation testing asks for (limits, copies, counts by hand, the GPU branch's logic) ------
+
+@pytest.mark.parametrize("sparsity", [0, 0.0, 0.999])
+def test_sparsity_limits_that_are_allowed(sparsity):
+    model = nn.Sequential(nn.Linear(1000, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(1, 1001.0))
+    pruned = compress.prune_magnitude(model, sparsity)
+    assert int((pruned[0].weight == 0).sum()) == round(sparsity * 1000)  # 0 or 999: all but the largest
+    assert torch.equal(pruned[0].weight[pruned[0].weight != 0], torch.arange(round(sparsity * 1000) + 1, 1001.0))
+
+
+def test_pruning_copies_unless_inplace():
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for prune in (lambda m: compress.prune_magnitude(m, 0.5), compress.prune_2_4):
+        copy = prune(model)
+        assert copy is not model and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        assert (copy.lm_head.weight == 0).float().mean() == 0.5
+    assert compress.prune_2_4(model, inplace=True) is model and (model.lm_head.weight == 0).float().mean() == 0.5
+    model = tiny()
+    assert compress.prune_magnitude(model, 0.25, inplace=True) is model
+    assert (model.lm_head.weight == 0).float().mean() == 0.25
+
+
+def test_magnitude_pruning_of_experts_is_per_expert_by_hand():
+    # expert 0 holds the 4 small weights, expert 1 the 4 large: per tensor, 50% would empty expert 0
+    model = nn.Module()
+    model.experts = nn.Module()
+    model.experts.gate_up_proj = nn.Parameter(torch.tensor([[[1.0, -2.0], [3.0, -4.0]], [[10.0, 20.0], [-40, 30]]]))
+    model.experts.down_proj = nn.Parameter(torch.tensor([[[5.0, 6.0]], [[-8.0, 7.0]]]))
+    pruned = compress.prune_magnitude(model, 0.5)
+    assert pruned.experts.gate_up_proj.tolist() == [[[0.0, 0.0], [3.0, -4.0]], [[0.0, 0.0], [-40.0, 30.0]]]
+    assert pruned.experts.down_proj.tolist() == [[[0.0, 6.0]], [[-8.0, 0.0]]]
+    assert isinstance(pruned.experts.gate_up_proj, nn.Parameter) and not pruned.experts._forward_pre_hooks
+    assert torch.equal(compress.prune_magnitude(model, 0.5, experts=False).experts.gate_up_proj,
+                       model.experts.gate_up_proj)
+
+
+def test_2_4_by_hand_and_experts_false():
+    model = nn.Sequential(nn.Linear(8, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -5.0, 3.0, 2.0, -0.5, 0.125, 0.25, -0.375]]))
+    assert compress.prune_2_4(model)[0].weight.tolist() == [[0.0, -5.0, 3.0, 0.0, -0.5, 0.0, 0.0, -0.375]]
+    moe = tiny()
+    pruned = compress.prune_2_4(moe, experts=False)
+    assert torch.equal(pruned.model.layers[1].mlp.experts.down_proj, moe.model.layers[1].mlp.experts.down_proj)
+    assert (pruned.lm_head.weight == 0).float().mean() == 0.5
+
+
+def test_2_4_names_every_layer_whose_width_is_not_a_multiple_of_4():
+    model = nn.Sequential(nn.Linear(6, 2), nn.Linear(2, 8), nn.Linear(8, 3))
+    with pytest.raises(ValueError, match=r"^2:4 sparsity needs input widths divisible by 4; not: "
+                                         r"Linear.weight \(2, 6\), Linear.weight \(8, 2\)$"):
+        compress.prune_2_4(model)
+
+
+def test_sparsity_report_columns_and_what_it_leaves_out():
+    model = nn.Sequential(nn.Embedding(3, 4), nn.Linear(4, 3, bias=False), nn.LayerNorm(3))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[1].weight.copy_(torch.tensor([[0.0, 1.0, 2.0, 0.0], [0.0, 3.0, 4.0, 5.0], [1.0, 1.0, 1.0, 1.0]]))
+    report = compress.sparsity_report(model)
+    assert list(report.columns) == ["kind", "shape", "numel", "zeros", "sparsity"]
+    assert report.to_dict("index") == {"1.weight": dict(kind="linear", shape=(3, 4), numel=12, zeros=3,
+                                                        sparsity=0.25)}
+    quantized = compress.quantize(tiny(), "legacy-dynamic", experts=False)
+    assert set(compress.sparsity_report(quantized)["kind"]) == {"routed experts"}  # quantized layers are not listed
+
+
+class _OnGpu(nn.Sequential):
+    """Layers on the CPU whose parameters say they are on a CUDA GPU: the checks and the loop of
+    to_semi_structured without the kernel (a recorder stands in for torch.sparse.to_sparse_semi_structured)."""
+
+    def parameters(self, recurse=True):
+        for p in super().parameters(recurse):
+            yield type("OnGpu", (), {"device": torch.device("cuda", 0), "dtype": p.dtype})()
+
+
+@pytest.mark.parametrize("capability, dtype, message", [
+    ((7, 5), torch.half, r"compute capability >= 8.0 \(the model is on cuda:0\); elsewhere prune_2_4"),
+    ((8, 0), torch.float32, r"^2:4 kernels take fp16/bf16 weights, the model holds \['torch.float32'\]: "
+                            r"model.to\(torch.bfloat16\) first$"),
+    ((8, 0), None, r"\['torch.bfloat16', 'torch.float16'\]"),  # one fp16 and one bf16 layer: fine
+])
+def test_semi_structured_checks_capability_then_dtype(monkeypatch, capability, dtype, message):
+    asked, stored = [], []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: asked.append(device) or capability)
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda w: stored.append(w) or w * 2)
+    model = _OnGpu(nn.Linear(4, 2).to(dtype or torch.half), nn.Linear(4, 2).to(dtype or torch.bfloat16))
+    if dtype is None:
+        assert compress.to_semi_structured(model) is model and len(stored) == 2
+        return
+    with pytest.raises(ValueError, match=message):
+        compress.to_semi_structured(model)
+    assert asked == [torch.device("cuda", 0)] and stored == []
+
+
+def test_semi_structured_keeps_layers_the_kernel_rejects_dense(monkeypatch):
+    def kernel(weight):  # as the real one: some shapes are outside its rules
+        if weight.shape[0] == 3:
+            raise RuntimeError("shape not supported")
+        if weight.shape[0] == 5:
+            raise ValueError("shape not supported")
+        return weight * 2
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", kernel)
+    model = _OnGpu(nn.Linear(4, 2), nn.Linear(4, 3), nn.Linear(4, 5), nn.LayerNorm(4)).half()
+    dense = [layer.weight for layer in model]
+    compress.to_semi_structured(model)
+    assert torch.equal(model[0].weight, 2 * dense[0]) and not model[0].weight.requires_grad
+    assert isinstance(model[0].weight, nn.Parameter)
+    assert model[1].weight is dense[1] and model[2].weight is dense[2] and model[3].weight is dense[3]
