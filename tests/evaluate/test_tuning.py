@@ -282,8 +282,10 @@ def test_a_trial_without_reports_has_zero_epochs_and_its_seconds():
         time.sleep(0.02)
         return params["x"]
 
-    result = search(wait, {"x": Float(0, 1)}, backend="random", trials=2, name="timed")
+    rows = []
+    result = search(wait, {"x": Float(0, 1)}, backend="random", trials=2, name="timed", on_trial=rows.append)
     assert result.trials.epochs.tolist() == [0, 0] and result.study.study_name == "timed-random"
+    assert [(r["epochs"], r["curve"]) for r in rows] == [(0, {}), (0, {})]
     assert ((0.02 <= result.trials.seconds) & (result.trials.seconds < 5)).all()
 
 
@@ -396,3 +398,12 @@ def test_an_ax_trial_that_raises_fails_and_the_error_reaches_the_caller():
 
     with pytest.raises(ArithmeticError, match="boom"):
         search(boom, {"x": Float(0, 1)}, backend="ax", trials=1)
+
+
+def test_the_documented_defaults():
+    # 20 trials, seed 0, minimize, TPE after 4 random startup trials
+    default = search(objective, SPACE, backend="random")
+    assert _params(default) == _params(search(objective, SPACE, backend="random", trials=20, seed=0))
+    assert default.best_value == default.trials.value.min()
+    tpe = _params(search(objective, SPACE, trials=5))
+    assert tpe[:4] == _params(default)[:4] and tpe[4] != _params(default)[4]
