@@ -139,8 +139,6 @@ def trial_logger(experiment: str = "tuning", *, parent: str | None = None,
         parent_id = client.create_run(experiment_id, run_name=parent, tags={"cookbook.commit": env.commit()}).info.run_id
 
     def log(row: dict) -> None:
-        from mlflow.entities import RunTag
-
         row = dict(row)
         curve = row.pop("curve", {})
         value, state = row.pop("value"), row.pop("state")
@@ -150,7 +148,7 @@ def trial_logger(experiment: str = "tuning", *, parent: str | None = None,
         metrics = [m for epoch, v in sorted(curve.items()) for m in _metrics({"curve": v}, int(epoch))]
         metrics += _metrics({"value": value}, int(row.get("epochs", 0)))
         # one write per trial (the store is a file: every call is a transaction)
-        client.log_batch(run_id, metrics=metrics, params=_params(row), tags=[RunTag("state", state)])
+        client.log_batch(run_id, metrics=metrics, params=_params(row))  # the state is a tag since create_run
         client.set_terminated(run_id)
 
     log.parent_run_id = parent_id
@@ -158,14 +156,14 @@ def trial_logger(experiment: str = "tuning", *, parent: str | None = None,
 
 
 def runs(experiment: str = "cookbook", *, tracking_uri: str | None = None) -> pd.DataFrame:
-    """Every run of `experiment`: name, status, parent, then its own tags, params and latest metrics as columns
-    (oldest first), read back from the store. Shown in notebooks/13 §6."""
+    """Every run of `experiment` (the first 5000, oldest first): name, status, parent, then its own tags, params and
+    latest metrics as columns, read back from the store. Shown in notebooks/13 §6."""
     client, experiment_id = _client(tracking_uri, experiment)
     rows = []
     for run in client.search_runs([experiment_id], order_by=["attributes.start_time ASC"], max_results=5000):
         tags = run.data.tags
         own = {k: v for k, v in tags.items() if not k.startswith(("mlflow.", "cookbook."))}  # e.g. a trial's state
-        rows.append({"run": tags.get("mlflow.runName", run.info.run_id[:8]), "status": run.info.status,
+        rows.append({"run": run.info.run_name, "status": run.info.status,  # MLflow names every run
                      "parent": tags.get("mlflow.parentRunId", "")[:8], "run_id": run.info.run_id,
                      **own, **run.data.params, **run.data.metrics})
     return pd.DataFrame(rows)
