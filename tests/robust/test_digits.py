@@ -1,5 +1,7 @@
 """The digits loaders, the in-model Normalize layer and the small CNN."""
 
+import re
+
 import pytest
 import torch
 
@@ -66,3 +68,86 @@ def test_example_grid_titles_predictions_and_colours_mistakes():
     assert colours[0] == colours[1] == "C2" and colours[2] == colours[3] == "C3"
     with pytest.raises(ValueError, match="every row must hold 4 images"):
         robust.example_grid(model, {"clean": images[:2]}, labels)
+
+
+# ----------------------------------------------------------------------------- defaults, references, exact messages
+def test_cnn_defaults_are_the_documented_layers_seeded_with_0():
+    model = robust.cnn()
+    torch.manual_seed(0)  # the same layers built by hand from the same seed
+    expected = torch.nn.Sequential(
+        robust.Normalize(0.0, 1.0),
+        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(32 * 2 * 2, 10),
+    )
+    assert str(model) == str(expected)
+    for (name, p), q in zip(model.state_dict().items(), expected.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(model(x), expected(x)) and model(x).shape == (3, 10)
+    assert robust.cnn(side=12)(torch.rand(2, 1, 12, 12)).shape == (2, 10)  # 12 = 3 x 4: two poolings leave 3 x 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(in_channels=0), "in_channels must be a positive int, got 0"),
+    (dict(classes=0), "classes must be a positive int, got 0"),
+    (dict(side=0), "side must be a positive int, got 0"),
+    (dict(channels=(0, 8)), "channels[0] must be a positive int, got 0"),
+    (dict(channels=(8, 0)), "channels[1] must be a positive int, got 0"),
+    (dict(side=10), "side (the image height = width) must be a multiple of 4 (two 2x2 poolings), got 10"),
+])
+def test_cnn_messages_in_full(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        robust.cnn(**kwargs)
+
+
+def test_normalize_buffers_are_float32_per_channel():
+    layer = robust.Normalize([1, 2], [4, 8])  # ints in, float32 buffers out
+    assert set(layer.state_dict()) == {"mean", "std"}
+    assert layer.mean.dtype == layer.std.dtype == torch.float32 and layer.mean.shape == layer.std.shape == (2, 1, 1)
+    x = torch.ones(1, 2, 1, 1)
+    assert layer(x).flatten().tolist() == [(1 - 1) / 4, (1 - 2) / 8]
+    assert repr(layer) == "Normalize(mean=[1.0, 2.0], std=[4.0, 8.0])"
+    message = "mean and std must be numbers or per-channel lists of one length, got [[0.5]] and [[1.0]]"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        robust.Normalize([[0.5]], [[1.0]])
+    with pytest.raises(ValueError, match=r"^std must be > 0, got \[0.5, -1.0\]$"):
+        robust.Normalize([0.5, 0.5], [0.5, -1.0])
+
+
+def test_digits_defaults_and_loaders():
+    train_loader, test_loader = robust.digits()
+    assert train_loader.batch_size == test_loader.batch_size == 64
+    assert len(test_loader.dataset) == round(0.2 * 1797)  # the default test_fraction
+    seeded = robust.digits(seed=0)[1].dataset.tensors[0]
+    assert torch.equal(test_loader.dataset.tensors[0], seeded)  # seed 0 by default
+    assert test_loader.dataset.tensors[1].dtype == torch.long
+    x_test, y_test = test_loader.dataset.tensors
+    x, y = next(iter(test_loader))
+    assert torch.equal(x, x_test[:64]) and torch.equal(y, y_test[:64])  # the test loader keeps its order
+    torch.manual_seed(123)  # the train loader's shuffle comes from its own seeded generator, not the global one
+    first = next(iter(robust.digits(16, seed=0)[0]))[1]
+    torch.manual_seed(456)
+    assert torch.equal(next(iter(robust.digits(16, seed=0)[0]))[1], first)
+    x_train, y_train = robust.digits(16, seed=0)[0].dataset.tensors
+    assert not torch.equal(first, y_train[:16])  # shuffled
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(test_fraction=0), "test_fraction must be in (0, 1), got 0"),
+    (dict(test_fraction=1), "test_fraction must be in (0, 1), got 1"),
+    (dict(batch_size=0), "batch_size must be a positive int, got 0"),
+])
+def test_digits_messages_in_full(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        robust.digits(**kwargs)
+
+
+def test_digits_pixels_are_the_grey_levels_over_16():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x_test, y_test = robust.digits(64, test_fraction=0.5, seed=0)[1].dataset.tensors
+    order = torch.randperm(1797, generator=torch.Generator().manual_seed(0))[:round(0.5 * 1797)]
+    assert torch.equal(x_test[:, 0] * 16, torch.tensor(data.images, dtype=torch.float32)[order])
+    assert torch.equal(y_test, torch.tensor(data.target)[order])
