@@ -229,12 +229,15 @@ def evaluate(model: nn.Module, batches) -> dict[str, float]:
 @torch.no_grad()
 def _runnable(model: nn.Module, device: torch.device, input_ids: torch.Tensor):
     """(model on `device`, "") after one trial forward, moving a copy there if needed; (None, why) if it fails."""
+    was_training = model.training
     try:
         moved = model if _device(model) == device else copy.deepcopy(model).to(device)
         moved.eval()(input_ids=input_ids.to(device))
         return moved, ""
     except (RuntimeError, NotImplementedError, AssertionError, ValueError, TypeError) as exc:
         return None, f"no {device.type} run: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}"
+    finally:
+        model.train(was_training)  # the trial run must not leave the caller's model in eval mode
 
 
 def compare(variants: Mapping[str, nn.Module], eval_batches=None, latency_ids: torch.Tensor | None = None, *,

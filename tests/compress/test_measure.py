@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cookbook import compress
+from cookbook.compress import measure
 from tests.compress.tiny import needs_torchao, tiny
 
 
@@ -382,3 +383,105 @@ def test_compare_zeros_are_the_share_of_matrix_weights_that_are_zero():
     assert table.loc["m", "zeros"] == pytest.approx((3 + 3) / (8 + 6 + 3))
     assert table.loc["m", "path"] == "dense fp32" and table.loc["m", "notes"] == ""
     assert "us_per_token_cpu" not in table and "ppl" not in table
+
+
+def test_compare_leaves_each_variants_mode_as_it_was():
+    # the trial run of compare switched the caller's model to eval mode for good (issue 30's mutation run)
+    training, evaluating = _Mode().train(), _Mode().eval()
+    compress.compare({"t": training, "e": evaluating}, latency_ids=torch.zeros(1, 1, dtype=torch.long), repeats=1,
+                     warmup=0)
+    assert training.log == [False, False] and evaluating.log == [False, False]  # trial run, timed run: both eval
+    assert training.training and not evaluating.training
+
+
+@needs_torchao
+def test_coverage_names_int4_weights_with_dynamic_int8_activations():
+    # not one of quantize()'s methods, but torchao's: coverage must still say what it stores
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    model = nn.Sequential(nn.Linear(64, 8, bias=False))
+    quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32)))
+    row = compress.coverage(model).loc["0.weight"]
+    assert row["format"] == "int4 (one per byte) + dynamic int8 act"
+    assert row["bytes"] == 8 * 64 + 8 * 2 * (4 + 1) and row["quantized"]  # int8 values, fp32 scale + int8 zero
+
+
+class _Wrapped(torch.Tensor):
+    """Stands in for a tensor subclass of another library: its name is its format, `inner` holds its bytes."""
+
+    def __tensor_flatten__(self):
+        return ["inner", "absent"], None
+
+
+def _wrapped(name, inner):
+    t = torch.zeros(4, 8).as_subclass(type(name, (_Wrapped,), {}))
+    t.inner, t.absent = inner, None
+    return t
+
+
+@pytest.mark.parametrize("name, fmt, kernel, quantized", [
+    ("Int4TilePackedTo4dTensor", "int4 packed", "torchao Int4TilePackedTo4dTensor: tinygemm int4 kernel (CUDA, bf16)",
+     True),
+    ("SparseSemiStructuredTensor", "2:4 sparse", "2:4 semi-structured sparse matmul (CUDA)", False),
+    ("SparseSemiStructuredTensorCUTLASS", "2:4 sparse", "2:4 semi-structured sparse matmul (CUDA)", False),
+    ("Float8Tensor", "Float8Tensor", "torchao Float8Tensor", True),  # a format coverage does not know by name
+])
+def test_coverage_of_gpu_only_and_unknown_tensor_formats(name, fmt, kernel, quantized):
+    holder = nn.Module()
+    holder.register_buffer("weight", _wrapped(name, torch.zeros(16, dtype=torch.uint8)))
+    row = compress.coverage(holder).loc["weight"]
+    assert (row["format"], row["kernel"], row["quantized"]) == (fmt, kernel, quantized)
+    assert row["bytes"] == 16 and row["bytes_before"] == 4 * 8 * 4 and row["zeros"] == 0  # the inner bytes only
+
+
+def test_coverage_formats_of_float_widths_and_integer_buffers():
+    from cookbook.compress.measure import _tensor_bytes
+
+    model = nn.Module()
+    model.register_buffer("counts", torch.tensor([0, 0, 3]))  # zeros of an integer buffer are not sparsity
+    for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp64", torch.float64)):
+        model.register_buffer(name, torch.zeros(2, dtype=dtype))
+    report = compress.coverage(model)
+    assert report["format"].to_dict() == dict(counts="int64", fp16="fp16", bf16="bf16", fp64="float64")
+    assert report["zeros"].to_dict() == dict(counts=0, fp16=2, bf16=2, fp64=2)
+    assert report["bytes"].to_dict() == dict(counts=24, fp16=4, bf16=4, fp64=16)
+    assert _tensor_bytes(torch.zeros(3).as_subclass(type("Plain", (torch.Tensor,), {}))) == 12  # no inner tensors
+
+
+def test_coverage_of_int8_experts_from_bf16_weights_without_an_implementation():
+    model = tiny().to(torch.bfloat16)
+    compress.quantize_experts(model)
+    model.config._experts_implementation = None  # transformers' default when none is set: the eager loop
+    row = compress.coverage(model).loc["model.layers.1.mlp.experts.down_proj"]
+    assert row["kernel"] == "cookbook Int8Experts: int8 expert weights cast to float, transformers' eager experts"
+    assert row["bytes_before"] == 8 * 64 * 32 * 2 and row["bytes"] == 8 * 64 * 32 + 8 * 64 * 4  # bf16 before
+    assert row["shape"] == (8, 64, 32) and row["format"] == "int8" and row["zeros"] == 0
+
+
+def test_latency_needs_a_parameter_or_a_buffer_and_syncs_each_forward(monkeypatch):
+    with pytest.raises(ValueError, match="^ReLU has no parameters or buffers$"):
+        compress.latency(nn.ReLU(), torch.zeros(1, 1, dtype=torch.long))
+    synced = []
+    monkeypatch.setattr(measure, "_sync", synced.append)
+    buffered = _Counted()
+    del buffered.weight
+    buffered.register_buffer("step", torch.zeros(1))  # a buffer gives the device too
+    compress.latencies({"a": buffered, "b": _Counted()}, torch.zeros(1, 1, dtype=torch.long), repeats=2, warmup=3)
+    assert synced == [torch.device("cpu")] * (2 + 2 * 2)  # once after each model's warm-up, then after every forward
+
+
+def test_compare_notes_every_device_a_variant_failed_on_and_times_nothing_if_none_runs():
+    table = compress.compare({"broken": _Counted(fail=True)}, latency_ids=torch.zeros(1, 1, dtype=torch.long),
+                             devices=["cpu", "meta"], repeats=1, warmup=0)
+    assert table.loc["broken", "notes"] == ("no cpu run: no kernel for this format here; "
+                                            "no meta run: no kernel for this format here")
+    assert table[["us_per_token_cpu", "us_per_token_meta", "speedup_cpu", "speedup_meta"]].isna().all(axis=None)
+
+
+def test_compare_zeros_of_a_single_weight():
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    assert compress.compare({"m": model}).loc["m", "zeros"] == 1.0  # 1 zero of 1 weight
+    assert compress.compare({"m": nn.Embedding(2, 2)}).loc["m", "zeros"] == 0.0  # no matrices: 0, not 0 / 0
