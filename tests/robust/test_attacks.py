@@ -255,6 +255,7 @@ def _images(n=6, seed=0):
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_random_start_matches_torchattacks_from_the_same_seed(norm):
     torchattacks = pytest.importorskip("torchattacks")
+    assert robust.NORMS == ("linf", "l2")
     model, (x, y) = _tiny_image_model(), _images()
     attack = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
     torch.manual_seed(1)

@@ -1,5 +1,6 @@
 """DP-SGD: the accountant against the exact Gaussian-mechanism ε, a run that spends its target, bad input."""
 
+import dataclasses
 import math
 import re
 import sys
@@ -29,6 +30,7 @@ def _exact_gaussian_epsilon(noise_multiplier, steps, delta):
 
 @pytest.mark.parametrize("sigma, steps", [(1.0, 1), (2.0, 10), (5.0, 100)])
 def test_accountants_against_the_exact_gaussian_mechanism(sigma, steps):
+    assert robust.ACCOUNTANTS == ("rdp", "prv")
     exact = _exact_gaussian_epsilon(sigma, steps, 1e-5)
     prv = robust.epsilon(sigma, 1.0, steps, 1e-5, accountant="prv")
     rdp = robust.epsilon(sigma, 1.0, steps, 1e-5, accountant="rdp")
@@ -150,6 +152,9 @@ def test_dp_train_is_opacus_make_private_with_epsilon_and_a_plain_loop():
     assert (result.delta, result.max_grad_norm, result.sample_rate, result.steps, result.accountant) == (
         1e-5, 0.5, 16 / 64, 2 * 4, "rdp")
     assert list(result.history.columns) == ["loss", "accuracy", "seconds"]
+    assert isinstance(result, robust.DPResult) and dataclasses.is_dataclass(result)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.epsilon = 0.0
 
 
 def test_infinite_epsilon_result_by_hand():
