@@ -286,3 +286,12 @@ def test_token_counts_of_no_texts_and_its_message():
     assert continual.token_counts(Tok(), ("ab", "")) == {97: 1, 98: 1}
     with pytest.raises(TypeError, match="^texts must be a list of documents, got one string$"):
         continual.token_counts(Tok(), "ab")
+
+
+def test_kl_shift_computes_in_float64_whatever_the_input_dtype():
+    p32, q32 = np.array([0.1, 0.2, 0.7], dtype=np.float32), np.array([0.3, 0.3, 0.4], dtype=np.float32)
+    want = entropy(p32.astype(np.float64) + 0.5, q32.astype(np.float64) + 0.5)
+    assert continual.kl_shift(p32, q32) == pytest.approx(want, rel=1e-12)
+    assert continual.kl_shift(torch.from_numpy(p32), torch.from_numpy(q32)) == pytest.approx(want, rel=1e-12)
+    as_mappings = (dict(zip("abc", p32, strict=True)), dict(zip("abc", q32, strict=True)))  # numpy float32 values
+    assert continual.kl_shift(*as_mappings) == pytest.approx(want, rel=1e-12)
