@@ -225,6 +225,7 @@ def test_kl_shift_in_another_base_and_near_the_limits():
     nats = 0.5 * math.log(2) + 0.5 * math.log(2 / 3)
     assert continual.kl_shift(p, q, smoothing=0, base=10) == pytest.approx(nats / math.log(10), rel=1e-12)
     assert continual.kl_shift(p, q, smoothing=0, base=1.5) == pytest.approx(nats / math.log(1.5), rel=1e-12)
+    assert continual.kl_shift(p, q, smoothing=0, base=0.5) == pytest.approx(-nats / math.log(2), rel=1e-12)  # any log
     # a huge smoothing drowns the counts: no shift left
     assert continual.kl_shift(p, q, smoothing=1e12) == pytest.approx(0.0, abs=1e-12)
 
