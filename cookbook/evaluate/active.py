@@ -93,7 +93,7 @@ def labelling_curve(train: Callable, x_pool, y_pool, x_test, y_test, *, initial:
 def noisy_labels(y, error_rate: float, classes: int, *, seed: int = 0) -> np.ndarray:
     """`y` with a share `error_rate` of the labels replaced by a different random class: a careless annotator."""
     y = np.asarray(y).copy()
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:  # a wrong label is another class
+    if not isinstance(classes, int) or classes < 2:  # a wrong label is another class (bools are 0 and 1)
         raise ValueError(f"classes must be an int >= 2, got {classes!r}")
     if not 0 <= error_rate <= 1:
         raise ValueError(f"error_rate must be in [0, 1], got {error_rate!r}")
