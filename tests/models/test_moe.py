@@ -423,3 +423,14 @@ def test_the_mask_is_released_after_every_forward_even_a_failing_one(tiny):
     with counter.recording():  # a router called on its own afterwards sees no stale mask
         router(torch.randn(1, 4, tiny.config.hidden_size))
     assert counter.take().sum().item() == 4 * tiny.config.num_experts_per_tok
+
+
+def test_no_aux_loss_without_gradients(tiny):
+    """An evaluation forward under no_grad still counts tokens but collects no aux loss (nothing to train), so
+    aux_loss() stays 0 with α > 0, as it is before any forward."""
+    balancer = moe.LoadBalancer(tiny, alpha=1.0)
+    assert balancer.aux_loss().item() == 0.0
+    with torch.no_grad(), balancer.recording():
+        tiny(input_ids=torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0)))
+    assert balancer.counts.sum().item() == 2 * 6 * tiny.config.num_experts_per_tok
+    assert balancer.aux_loss().item() == 0.0
