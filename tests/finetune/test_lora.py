@@ -536,3 +536,13 @@ def test_completion_loader_bounds_of_batch_size():
     for bad in (True, 1.0, -1):
         with pytest.raises(ValueError, match=f"^batch_size must be a positive int, got {bad!r}$"):
             lora.completion_loader(examples, bad, pad_id=0)
+
+
+def test_a_bare_expert_tensor_is_named_by_itself():
+    """A top-level 3-D parameter "experts" (no dot in its name) is a routed-experts weight and its own leaf."""
+    model = torch.nn.Module()
+    model.experts = torch.nn.Parameter(torch.zeros(2, 3, 4))
+    assert lora.lora_targets(model) == lora.lora_targets(model, "experts") == ["experts"]
+    message = "target 'gate_proj' matches nothing in Module; groups: routed_experts; module and parameter names: experts"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        lora.lora_targets(model, "gate_proj")
