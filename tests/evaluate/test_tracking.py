@@ -124,7 +124,7 @@ def test_sink_steps_batches_arrays_timestamps_params_and_alerts(uri):
     sink.write({"loss": 3.0})  # no step: step 0
     sink.write({"step": 1, "vec": np.array([1.0, 2.0]), "tvec": torch.tensor([1.0, 2.0]), "loss": 2.0,
                 "n": np.int64(4)}, {"layer.0": 0.5})
-    sink.write({"step": 3}, {f"l{i}": float(i) for i in range(1001)})  # over MLflow's 1000 metrics per call
+    sink.write({"step": 3}, {f"l{i}": float(i) for i in range(2001)})  # three calls: MLflow takes 1000 metrics per call
     after = int(time.time() * 1000)
     sink.alert(_Alert(1, "spike", "loss spiked"))
     sink.alert(_Alert(2, "nan", "loss is NaN"))
@@ -135,11 +135,11 @@ def test_sink_steps_batches_arrays_timestamps_params_and_alerts(uri):
     assert [(m.step, m.value) for m in loss] == [(0, 3.0), (1, 2.0)]  # arrays skipped, the rest kept
     assert all(before <= m.timestamp <= after for m in loss)  # milliseconds since the epoch
     assert [(m.step, m.value) for m in client.get_metric_history(sink.run_id, "grad_norm/layer.0")] == [(1, 0.5)]
-    for name, value in (("grad_norm/l0", 0.0), ("grad_norm/l1000", 1000.0), ("n", 4.0)):
+    for name, value in (("grad_norm/l0", 0.0), ("grad_norm/l1000", 1000.0), ("grad_norm/l2000", 2000.0), ("n", 4.0)):
         history = client.get_metric_history(sink.run_id, name)
         assert [(m.step, m.value) for m in history] == [(3 if name != "n" else 1, value)]  # logged once
     run = client.get_run(sink.run_id)
-    assert len(run.data.metrics) == 1001 + 3  # the layers, loss, n, grad_norm/layer.0: no vec, tvec, step
+    assert len(run.data.metrics) == 2001 + 3  # the layers, loss, n, grad_norm/layer.0: no vec, tvec, step
     assert run.data.params == {"5": "x" * 6000, "lr": "0.1"}  # keys as text, values cut at MLflow's limit
     assert run.info.status == "FAILED" and run.data.tags["alert.nan"] == "step 2"
     assert run.data.tags["mlflow.parentRunId"] == parent.run_id
