@@ -78,6 +78,14 @@ def test_complete_is_seeded_and_returns_bodies():
     assert all(body == "    x = 1\n" for s in a for body in s)  # cut before the unindented tail
     with pytest.raises(ValueError, match="greedy decoding"):
         codegen.complete(model, Tok(), prompts, samples=2, temperature=0)
+    greedy = codegen.complete(model, Tok(), prompts, max_new_tokens=1, device="cpu")  # the defaults: 1 sample, T = 0
+    assert greedy == codegen.complete(model, Tok(), prompts, max_new_tokens=1, device="cpu") == [["    x = 1\n"]] * 2
+    for bad, match in [({"samples": 0}, "samples must be a positive int"),
+                       ({"max_new_tokens": 0}, "max_new_tokens must be a positive int"),
+                       ({"temperature": -0.1}, r"temperature must be >= 0 \(0: greedy\), got -0.1"),
+                       ({"temperature": float("nan")}, "temperature must be >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            codegen.complete(model, Tok(), prompts, **bad)
 
 
 def test_function_body_end_keeps_indented_and_blank_lines_and_ends_with_one_newline():
