@@ -205,9 +205,10 @@ def test_semi_structured_keeps_layers_the_kernel_rejects_dense(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
     monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", kernel)
-    model = _OnGpu(nn.Linear(4, 2), nn.Linear(4, 3), nn.Linear(4, 5), nn.LayerNorm(4)).half()
+    model = _OnGpu(nn.Linear(4, 3), nn.Linear(4, 2), nn.Linear(4, 5), nn.Linear(4, 6), nn.LayerNorm(4)).half()
     dense = [layer.weight for layer in model]
     compress.to_semi_structured(model)
-    assert torch.equal(model[0].weight, 2 * dense[0]) and not model[0].weight.requires_grad
-    assert isinstance(model[0].weight, nn.Parameter)
-    assert model[1].weight is dense[1] and model[2].weight is dense[2] and model[3].weight is dense[3]
+    for k in (1, 3):  # the layers after a rejected one are still converted
+        assert torch.equal(model[k].weight, 2 * dense[k]) and not model[k].weight.requires_grad
+        assert isinstance(model[k].weight, nn.Parameter)
+    assert model[0].weight is dense[0] and model[2].weight is dense[2] and model[4].weight is dense[4]
