@@ -122,6 +122,8 @@ def test_qat_inplace_trains_and_converts_the_model_given():
     assert not torch.equal(model.lm_head.weight.dequantize(), before)  # trained, then stored
     assert compress.is_fused_experts(model.model.layers[1].mlp.experts)  # experts=False: left in full precision
     assert not any(m._forward_hooks for m in model.modules())  # the Trainer's load-balancing hooks are removed
+    default, _ = compress.qat(tiny(), loader(), config, experts=False)
+    assert default.lm_head.weight.target_dtype == torch.int4  # the default method: int4-unpacked
 
 
 def test_qat_messages_in_full():
