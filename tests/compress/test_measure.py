@@ -143,13 +143,21 @@ def test_compare_bad_input():
 
 # --- issue 30: the cases mutation testing asks for (bytes by hand, a scripted clock, a bigram model's loss) -----
 
+_INT8 = "torchao Int8Tensor: "
+_INTX = "torchao IntxUnpackedToInt8Tensor: dequantized to float, float matmul"
+
+
 @pytest.mark.parametrize("method, lm_head", [
-    (None, ("fp32", 96 * 64 * 4, False)),
-    ("legacy-dynamic", ("qint8", 96 * 64 + 8 + 8, True)),  # one float64 scale and one int64 zero point per tensor
-    pytest.param("int8-weight-only", ("int8", 96 * 64 + 96 * 4 + 96, True), marks=needs_torchao),  # + fp32 scale,
-    pytest.param("int8-static", ("int8 + static int8 act", 96 * 64 + 96 * 4 + 96 + 4, True),  # int8 zero per row;
-                 marks=needs_torchao),  # + one fp32 activation scale
-    pytest.param("int4-unpacked", ("int4 (one per byte)", 96 * 64 + 96 * 2 * (4 + 1), True),  # 2 groups of 32
+    (None, ("fp32", "", 96 * 64 * 4, False)),
+    ("legacy-dynamic", ("qint8", f"torch.ao dynamic Linear: {torch.backends.quantized.engine} int8 GEMM",
+                        96 * 64 + 8 + 8, True)),  # one float64 scale and one int64 zero point per tensor
+    pytest.param("int8-weight-only", ("int8", _INT8 + "int8 weights cast to float, float matmul",
+                                      96 * 64 + 96 * 4 + 96, True), marks=needs_torchao),  # fp32 scale, int8 zero
+    pytest.param("int8-dynamic", ("int8 + dynamic int8 act", _INT8 + "per-token int8 activations, torch._int_mm",
+                                  96 * 64 + 96 * 4 + 96, True), marks=needs_torchao),  # per row
+    pytest.param("int8-static", ("int8 + static int8 act", _INT8 + "calibrated int8 activations, torch._int_mm",
+                                 96 * 64 + 96 * 4 + 96 + 4, True), marks=needs_torchao),  # + an activation scale
+    pytest.param("int4-unpacked", ("int4 (one per byte)", _INTX, 96 * 64 + 96 * 2 * (4 + 1), True),  # 2 groups
                  marks=needs_torchao),
 ])
 def test_coverage_bytes_of_one_weight_by_hand(method, lm_head, batches):
@@ -157,12 +165,17 @@ def test_coverage_bytes_of_one_weight_by_hand(method, lm_head, batches):
     q = model if method is None else compress.quantize(model, method, calibration=batches)
     report = compress.coverage(q)
     row = report.loc["lm_head.weight"]
-    assert (row["format"], row["bytes"], row["quantized"]) == lm_head
+    assert (row["format"], row["kernel"], row["bytes"], row["quantized"]) == lm_head
     assert row["bytes_before"] == 96 * 64 * 4 and row["shape"] == (96, 64) and row["kind"] == "linear"
     experts = report.loc["model.layers.1.mlp.experts.gate_up_proj"]  # 8 experts x 64 x 64
-    stored = 8 * 64 * 64 if method is None else 8 * 64 * 64 + 8 * 64 * 4  # int8 values + one fp32 scale per row
-    assert (experts["kind"], experts["bytes_before"], experts["bytes"]) == ("routed experts", 8 * 64 * 64 * 4,
-                                                                          stored * (4 if method is None else 1))
+    if method is None:
+        assert (experts["kind"], experts["bytes_before"], experts["bytes"]) == ("routed experts", 8 * 64 * 64 * 4,
+                                                                              8 * 64 * 64 * 4)
+    else:  # int8 values + one fp32 scale per row, run by transformers' kernel of the tiny model's config
+        assert (experts["kind"], experts["bytes_before"], experts["bytes"]) == ("routed experts", 8 * 64 * 64 * 4,
+                                                                              8 * 64 * 64 + 8 * 64 * 4)
+        assert experts["kernel"] == ("cookbook Int8Experts: int8 expert weights cast to float, transformers' "
+                                     "grouped_mm experts")
     assert report.loc["model.layers.1.mlp.gate.weight", "kind"] == "router"
     assert report.loc["model.embed_tokens.weight", "kind"] == "embedding"
     assert report.loc["model.norm.weight", "kind"] == "norm"
@@ -446,7 +459,10 @@ def test_coverage_formats_of_float_widths_and_integer_buffers():
     assert report["format"].to_dict() == dict(counts="int64", fp16="fp16", bf16="bf16", fp64="float64")
     assert report["zeros"].to_dict() == dict(counts=0, fp16=2, bf16=2, fp64=2)
     assert report["bytes"].to_dict() == dict(counts=24, fp16=4, bf16=4, fp64=16)
-    assert _tensor_bytes(torch.zeros(3).as_subclass(type("Plain", (torch.Tensor,), {}))) == 12  # no inner tensors
+    plain = torch.zeros(3).as_subclass(type("Plain", (torch.Tensor,), {}))  # a subclass with no inner tensors
+    assert _tensor_bytes(plain) == 12
+    model.register_buffer("plain", plain)
+    assert compress.coverage(model).loc["plain", ["format", "kernel", "quantized"]].tolist() == ["fp32", "", False]
 
 
 def test_coverage_of_int8_experts_from_bf16_weights_without_an_implementation():
@@ -485,3 +501,29 @@ def test_compare_zeros_of_a_single_weight():
         model.weight.zero_()
     assert compress.compare({"m": model}).loc["m", "zeros"] == 1.0  # 1 zero of 1 weight
     assert compress.compare({"m": nn.Embedding(2, 2)}).loc["m", "zeros"] == 0.0  # no matrices: 0, not 0 / 0
+
+
+class _Experts(nn.Module):
+    """Fused experts without a transformers config (their own forward): Int8Experts of them run eagerly."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.ones(2, 4, 3))
+        self.down_proj = nn.Parameter(torch.ones(2, 3, 2))
+
+
+def test_coverage_of_int8_experts_without_a_config_says_eager():
+    holder = nn.Module()
+    holder.experts = compress.Int8Experts(_Experts())
+    report = compress.coverage(holder)
+    assert report.loc["experts.gate_up_proj", "kernel"].endswith("transformers' eager experts")
+    assert report["bytes"].to_dict() == {"experts.gate_up_proj": 24 + 8 * 4, "experts.down_proj": 12 + 6 * 4}
+
+
+def test_latency_and_compare_default_to_2_warmup_and_5_timed_forwards():
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    model = _Counted()
+    compress.latency(model, ids)
+    assert model.calls == 2 + 5
+    compress.compare({"m": model}, latency_ids=ids)
+    assert model.calls == 7 + 1 + 2 + 5  # the trial run, then the same warm-up and repeats
