@@ -333,6 +333,7 @@ def test_every_stage_and_offload_on_one_two_and_eight_gpus_by_hand(n):
     # the fastest that fits: on 8 GPUs ZeRO-2 (3.75 GB), on 1 or 2 the optimizer must leave the GPU
     plan = planning.zero_plan(10**9, n, 5, grad_accum=k, cpu_memory_gb=15)
     assert plan["option"] == ("ZeRO-2" if n == 8 else "ZeRO-2 + offload optimizer")
+    assert plan["comm_gb_per_step"] == pytest.approx((k + 1) * wire)  # ZeRO-2's k + 1 passes: k reaches the plan
 
 
 def test_zero_plan_defaults_and_limits():
@@ -448,3 +449,18 @@ def test_validate_a_config_without_precision_blocks():
     assert _documented(minimal) == "documented"
     pytest.importorskip("deepspeed")
     assert planning.validate_zero_config(minimal) == "deepspeed"
+
+
+def test_zero_plan_offloading_everything_and_counting_gpus_in_its_precision():
+    """1e9 parameters, mixed-precision AdamW, 1 GB GPUs (0.9 usable): only ZeRO-3 with both offloads fits (0 GB on
+    the GPU, 12 + 2 + 2 = 16 GB of CPU RAM), and its config offloads both."""
+    plan = planning.zero_plan(10**9, 1, 1, cpu_memory_gb=16)
+    assert (plan["option"], plan["gpu_gb"], plan["cpu_gb"]) == ("ZeRO-3 + offload optimizer and params", 0, 16)
+    zero = plan["config"]["zero_optimization"]
+    assert zero["offload_optimizer"] == zero["offload_param"] == {"device": "cpu", "pin_memory": True}
+    # Nothing fits on one 3.5 GB GPU with 1 GB of CPU RAM. ZeRO-3 of fp32 SGD, half trainable: (4 + 2 + 2) / n GB,
+    # 4 on 2 GPUs, 2.67 on 3; in bf16-mixed (2 + 1 + 4) / n it would fit on 2: the count uses the plan's precision.
+    with pytest.raises(ValueError, match=r"^no ZeRO option fits on 1 x 3.5 GB GPUs with 1 GB of CPU RAM; "
+                                         r"ZeRO-3 without offload fits from 3 GPUs$"):
+        planning.zero_plan(10**9, 1, 3.5, usable=1.0, cpu_memory_gb=1, precision="fp32", optimizer="sgd",
+                           trainable=5 * 10**8)
