@@ -398,3 +398,15 @@ def test_a_model_without_parameters_runs_on_the_cpu():
     x, y = torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 0])
     table = robust.robust_accuracy(picks_larger, [(x, y)], lambda m, inputs, labels, eps: inputs, [0.1])
     assert table.loc[0.1, "clean_accuracy"] == 0.5 and robust.accuracy(picks_larger, [(x, y)]) == 0.5
+
+
+def test_l2_norm_per_example_is_torchattacks_flattened_norm_to_the_last_bit():
+    """torchattacks' PGDL2 takes each example's norm of its flattened gradient; on a channels-last tensor a norm
+    over dims (1, 2, 3) sums in another order and rounds differently (torchattacks' own .view() refuses it)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 8, 8, generator=gen).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(4, 3, 8, 8, generator=gen).contiguous(memory_format=torch.channels_last)
+    adv = robust.perturb(lambda v: (v * g).sum(), x, 100.0, alpha=1.0, steps=1, norm="l2", random_start=False,
+                         clamp=None)
+    flat_norm = g.reshape(4, -1).norm(p=2, dim=1).view(-1, 1, 1, 1)
+    assert torch.equal(adv, x + 1.0 * (g / (flat_norm + 1e-10)))
