@@ -135,10 +135,10 @@ def test_compare_times_a_copy_on_each_device_asked_for():
 
 
 def test_compare_bad_input():
-    with pytest.raises(ValueError, match="at least one variant"):
+    with pytest.raises(ValueError, match=r"^compare\(\) needs at least one variant$"):
         compress.compare({})
-    with pytest.raises(ValueError, match="baseline 'bf16' is not a variant; variants: fp32"):
-        compress.compare({"fp32": tiny()}, baseline="bf16")
+    with pytest.raises(ValueError, match="^baseline 'bf16' is not a variant; variants: fp32, int8$"):
+        compress.compare({"fp32": tiny(), "int8": tiny()}, baseline="bf16")
 
 
 # --- issue 30: the cases mutation testing asks for (bytes by hand, a scripted clock, a bigram model's loss) -----
@@ -189,6 +189,8 @@ def test_tensor_bytes_of_torch_ao_qint8_by_hand():
     per_row = torch.quantize_per_channel(x, torch.full((6,), 0.1), torch.zeros(6, dtype=torch.long), 0, torch.qint8)
     assert _tensor_bytes(per_row) == 30 + 6 * 16  # a float64 scale and an int64 zero point per row
     assert _tensor_bytes(torch.zeros(3, 2, dtype=torch.bfloat16)) == 12
+    wide = _tensor_bytes(torch.quantize_per_tensor(x, 0.1, 0, torch.qint32))  # 4 bytes per value (a bias's type)
+    assert wide == 30 * 4 + 16 and isinstance(wide, int)
 
 
 class _Odd(nn.Module):
@@ -487,12 +489,15 @@ def test_latency_needs_a_parameter_or_a_buffer_and_syncs_each_forward(monkeypatc
     assert synced == [torch.device("cpu")] * (2 + 2 * 2)  # once after each model's warm-up, then after every forward
 
 
-def test_compare_notes_every_device_a_variant_failed_on_and_times_nothing_if_none_runs():
+def test_compare_notes_every_device_a_variant_failed_on_and_times_nothing_if_none_runs(monkeypatch):
+    timed = []
+    monkeypatch.setattr(measure, "latencies", lambda *args, **kwargs: timed.append(args) or {})
     table = compress.compare({"broken": _Counted(fail=True)}, latency_ids=torch.zeros(1, 1, dtype=torch.long),
                              devices=["cpu", "meta"], repeats=1, warmup=0)
     assert table.loc["broken", "notes"] == ("no cpu run: no kernel for this format here; "
                                             "no meta run: no kernel for this format here")
     assert table[["us_per_token_cpu", "us_per_token_meta", "speedup_cpu", "speedup_meta"]].isna().all(axis=None)
+    assert timed == []  # no warm-up, no clock: nothing to time
 
 
 def test_compare_zeros_of_a_single_weight():
@@ -527,3 +532,20 @@ def test_latency_and_compare_default_to_2_warmup_and_5_timed_forwards():
     assert model.calls == 2 + 5
     compress.compare({"m": model}, latency_ids=ids)
     assert model.calls == 7 + 1 + 2 + 5  # the trial run, then the same warm-up and repeats
+
+
+def test_compare_zeros_count_the_routed_experts():
+    model = nn.Module()
+    model.linear, model.experts = nn.Linear(4, 2, bias=False), _Experts()  # 8 + 24 + 12 matrix weights
+    with torch.no_grad():
+        model.linear.weight.fill_(1.0)
+        model.experts.gate_up_proj.zero_()
+    assert compress.compare({"m": model}).loc["m", "zeros"] == pytest.approx(24 / 44)
+
+
+@needs_torchao
+def test_compare_path_names_each_kernel_once_in_order():
+    table = compress.compare({"int8": compress.quantize(tiny(), "int8-weight-only")})
+    assert table.loc["int8", "path"] == (
+        "torchao Int8Tensor: int8 weights cast to float, float matmul + "
+        "cookbook Int8Experts: int8 expert weights cast to float, transformers' grouped_mm experts")
