@@ -1,5 +1,7 @@
 import dataclasses
+import functools
 import logging
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,10 +19,20 @@ from cookbook.monitor import TrainingMonitor  # noqa: E402
 from tests.blocks import VOCAB, loader  # noqa: E402
 
 
+@functools.cache
+def _empty_store() -> bytes:
+    """An empty SQLite store with MLflow's schema, built once per process: its migrations take seconds."""
+    with tempfile.TemporaryDirectory() as folder:
+        MlflowClient(f"sqlite:///{folder}/mlflow.db").search_experiments()
+        return (Path(folder) / "mlflow.db").read_bytes()
+
+
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory):
-    """One store for the module (creating one takes seconds): the default one, in a runs folder of its own."""
+    """One store for the module: the default one, in a runs folder of its own."""
     runs_dir = tmp_path_factory.mktemp("runs")
+    (runs_dir / "mlflow").mkdir()
+    (runs_dir / "mlflow" / "mlflow.db").write_bytes(_empty_store())
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("COOKBOOK_RUNS_DIR", str(runs_dir))
         yield f"sqlite:///{runs_dir / 'mlflow' / 'mlflow.db'}"
