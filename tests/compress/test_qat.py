@@ -144,3 +144,11 @@ def test_qat_messages_in_full():
             "the model was prepared for int4 weights, not 'int8-weight-only': convert with the method given to "
             "prepare_qat") + "$"):
         compress.convert_qat(compress.prepare_qat(tiny()), "int8-weight-only")
+
+
+def test_convert_names_every_grid_a_mixed_model_was_prepared_for():
+    model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(64, 8)), torch.nn.Sequential(torch.nn.Linear(64, 8)))
+    compress.prepare_qat(model[0], "int8-weight-only")
+    compress.prepare_qat(model[1], "int4-unpacked")
+    with pytest.raises(ValueError, match="^the model was prepared for int4, int8 weights, not 'int4-unpacked': "):
+        compress.convert_qat(model, "int4-unpacked")
