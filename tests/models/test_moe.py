@@ -434,3 +434,22 @@ def test_no_aux_loss_without_gradients(tiny):
         tiny(input_ids=torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0)))
     assert balancer.counts.sum().item() == 2 * 6 * tiny.config.num_experts_per_tok
     assert balancer.aux_loss().item() == 0.0
+
+
+def test_counts_and_losses_stay_on_the_models_device():
+    """Counts, real-token masks and the zero aux loss live on the model's device (no host sync), also after the
+    model moves; the meta device (shapes only) stands in for a GPU here."""
+    meta = models.build("tiny", VOCAB, seed=0).to("meta")
+    balancer = moe.LoadBalancer(meta)
+    assert balancer.counts.device.type == balancer.aux_loss().device.type == "meta"  # α = 0: a zero, there
+    assert moe.LoadBalancer(meta, alpha=1.0).aux_loss().device.type == "meta"  # nothing recorded yet
+    for hidden, mask in [(torch.zeros(4, 8, device="meta"), None), (torch.zeros(2, 3, 8, device="meta"), None),
+                         (torch.zeros(2, 3, 8, device="meta"), torch.ones(2, 3, dtype=torch.long))]:
+        balancer._mask = mask  # flat tokens; no mask; a (CPU) mask of the forward call
+        assert balancer._real_tokens(hidden).device.type == "meta"
+    model = models.build("tiny", VOCAB, seed=0)
+    moved = moe.LoadBalancer(model, alpha=1.0)  # made on the CPU, then the model moves
+    model.to("meta")
+    with moved.recording():
+        moved.routers[0][1](torch.randn(5, model.config.hidden_size, device="meta"))
+    assert moved.counts.device.type == moved.aux_loss().device.type == "meta"
