@@ -324,3 +324,16 @@ def test_accumulation_error_drops_the_gradients_of_parameters_an_earlier_step_us
     assert model.six.grad is not None
     assert train.accumulation_error(model, micro).equals(clean)
     assert clean.loc["tokens", "relative_gradient_error"] < 1e-15  # float64: exact up to rounding
+
+
+def test_the_micro_batches_reach_the_loss_on_the_given_device():
+    """device= moves every micro-batch there before loss_fn sees it, whatever device the model is on (the meta
+    device, shapes only, stands in for a GPU here)."""
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append({key: value.device.type for key, value in batch.items()})
+        return model.w * 1.0
+
+    train.backward_micro_batches(_Weighted(), _MICRO, device="meta", loss_fn=loss_fn)
+    assert seen == [{"input_ids": "meta", "labels": "meta"}] * 2
