@@ -189,7 +189,14 @@ def _ax_client(space: Mapping, direction: str, seed: int, startup: int, path: Pa
     configs = []
     for name, p in space.items():
         if isinstance(p, Choice):
-            kind = {bool: "bool", int: "int", float: "float", str: "str"}[type(p.values[0])]
+            # Ax casts every value to the parameter's one type: (0, 0.5, 1.0) typed by its first value would offer 0
+            # twice and never 0.5
+            types = {type(v) for v in p.values}
+            if types == {int, float}:
+                types = {float}
+            if len(types) > 1:
+                raise TypeError(f"parameter {name!r}: the ax back end needs Choice values of one type, got {p.values!r}")
+            kind = {bool: "bool", int: "int", float: "float", str: "str"}[types.pop()]
             configs.append(ChoiceParameterConfig(name=name, values=list(p.values), parameter_type=kind))
         else:
             configs.append(RangeParameterConfig(name=name, bounds=(p.low, p.high), scaling="log" if p.log else "linear",

@@ -82,8 +82,9 @@ def test_tpe_beats_its_random_start_and_reports_the_best():
     assert isinstance(tuning.history_plot([result]), matplotlib.figure.Figure)
 
 
-def test_ax_search_is_seeded_resumable_and_uses_botorch(tmp_path):
+def test_ax_search_is_seeded_resumable_and_uses_botorch(tmp_path, monkeypatch):
     pytest.importorskip("ax")
+    monkeypatch.chdir(tmp_path)  # a search without storage writes no Ax state anywhere
     space = {"lr": Float(1e-5, 1e-1, log=True), "batch": Choice((16, 32, 64))}
 
     def bowl(params, trial):
@@ -104,6 +105,8 @@ def test_ax_search_is_seeded_resumable_and_uses_botorch(tmp_path):
     client = Client.load_from_json_file(str(tmp_path / "ax.db.ax.json"))
     nodes = [t.generator_runs[0]._generation_node_name for t in client._experiment.trials.values()]
     assert nodes == ["CenterOfSearchSpace", "Sobol", "MBM"], nodes  # the start, then BoTorch's GP (MBM)
+    assert client._experiment.optimization_config.objective.minimize
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ax.db", "ax.db.ax.json"]
 
 
 def test_ax_missing_gives_a_clear_import_error(monkeypatch):
@@ -172,7 +175,8 @@ def test_check_space_takes_the_edges_and_refuses_past_them():
             tuning._check_space({"p": bad})
     with pytest.raises(ValueError, match=r"parameter 'p': a Choice needs at least two values, got \(1,\)"):
         tuning._check_space({"p": Choice((1,))})
-    with pytest.raises(ValueError, match="the search space is empty"):
+    with pytest.raises(ValueError, match=r"^the search space is empty: give at least one parameter, e\.g\. "
+                                         r"\{'lr': Float\(1e-5, 1e-3, log=True\)\}$"):
         tuning._check_space({})
     with pytest.raises(TypeError, match="parameter 'p' is a tuple; use Float, Int or Choice"):
         tuning._check_space({"p": (1, 2)})
@@ -197,9 +201,13 @@ def test_stall_pruner_replays_the_plateau_rule_in_either_direction():
     assert not tuning.StallPruner(3).prune(_study("MAXIMIZE"), rising)
     assert tuning.StallPruner(3).prune(_study("MINIMIZE"), rising)  # best 0.1 at epoch 1, three higher since
     assert not tuning.StallPruner(4).prune(_study("MINIMIZE"), rising)
+    assert tuning.StallPruner().prune(_study("MINIMIZE"), rising)  # patience 3 by default
     creeping = SimpleNamespace(intermediate_values={1: 1.0, 2: 0.95, 3: 0.92})
     assert not tuning.StallPruner(2).prune(_study("MINIMIZE"), creeping)
     assert tuning.StallPruner(2, min_delta=0.1).prune(_study("MINIMIZE"), creeping)  # gains under min_delta
+    rising_slowly = SimpleNamespace(intermediate_values={1: 1.0, 2: 1.07, 3: 1.08})
+    assert tuning.StallPruner(2, min_delta=0.1).prune(_study("MAXIMIZE"), rising_slowly)
+    assert not tuning.StallPruner(2, min_delta=0.05).prune(_study("MAXIMIZE"), rising_slowly)
     with pytest.raises(ValueError, match="patience must be a positive int"):
         tuning.StallPruner(0)
     with pytest.raises(ValueError, match="min_delta must be >= 0"):
@@ -234,11 +242,13 @@ def test_trial_report_records_and_asks_the_pruner_only_when_there_is_one():
 
 
 def test_best_so_far_by_hand():
-    trials = pd.DataFrame({"state": ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"], "value": [3.0, 1.0, 0.5, 2.0]})
+    trials = pd.DataFrame({"state": ["PRUNED", "COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"],
+                           "value": [9.0, 3.0, 1.0, 0.5, 2.0]})
     low = tuning.SearchResult("random", "minimize", trials, (), None)
     high = tuning.SearchResult("random", "maximize", trials, (), None)
-    assert low.best_so_far().tolist() == [3.0, 1.0, 1.0, 1.0]  # the pruned 0.5 is not a result
-    assert high.best_so_far().tolist() == [3.0, 3.0, 3.0, 3.0]
+    # a pruned value is not a result: before the first one the best is the worst possible
+    assert low.best_so_far().tolist() == [math.inf, 3.0, 1.0, 1.0, 1.0]
+    assert high.best_so_far().tolist() == [-math.inf, 3.0, 3.0, 3.0, 3.0]
     assert (low.best_value, high.best_value) == (1.0, 3.0)
 
 
@@ -250,14 +260,14 @@ def test_median_pruner_by_hand():
 
     def curve(params, trial):
         for epoch in range(4):
-            trial.report(epoch, curves[trial.number] - epoch / 10)
-        return curves[trial.number] - 0.3
+            trial.report(epoch, curves[trial.number] + epoch / 10)
+        return curves[trial.number] + 0.3
 
     result = search(curve, {"x": Float(0, 1)}, backend="random", trials=3, pruner="median", startup_trials=1,
                     on_trial=rows.append)
     assert result.trials[["state", "value", "epochs"]].to_dict("list") == {
-        "state": ["COMPLETE", "PRUNED", "COMPLETE"], "value": [0.7, 4.9, 0.2], "epochs": [3, 1, 3]}
-    assert [(r["state"], r["value"]) for r in rows] == [("COMPLETE", 0.7), ("PRUNED", 4.9), ("COMPLETE", 0.2)]
+        "state": ["COMPLETE", "PRUNED", "COMPLETE"], "value": [1.3, 5.1, 0.8], "epochs": [3, 1, 3]}
+    assert [(r["state"], r["value"]) for r in rows] == [("COMPLETE", 1.3), ("PRUNED", 5.1), ("COMPLETE", 0.8)]
 
 
 def test_stall_pruner_when_maximizing_keeps_the_highest_value_and_reports_each_trial():
@@ -342,7 +352,7 @@ def test_importance_is_optunas_fanova_with_the_seed():
     for seed in (0, 1):
         reference = optuna.importance.get_param_importances(
             result.study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
-        scores = tuning.importance(result, seed=seed)
+        scores = tuning.importance(result, seed=seed) if seed else tuning.importance(result)  # seed 0 by default
         assert scores.to_dict() == reference and scores.name == "random" and scores.is_monotonic_decreasing
     two = search(objective, SPACE, backend="random", trials=2)
     assert len(tuning.importance(two)) == 3  # two completed trials are enough
@@ -351,6 +361,8 @@ def test_importance_is_optunas_fanova_with_the_seed():
     bars = tuning.importance_plot(result, seed=1).axes[0]
     assert bars.get_title() == "parameter importance (random)" and bars.get_ylabel() == "share of variance (fANOVA)"
     assert [p.get_height() for p in bars.patches] == pytest.approx(tuning.importance(result, seed=1).to_list())
+    default = tuning.importance_plot(result).axes[0]
+    assert [p.get_height() for p in default.patches] == pytest.approx(tuning.importance(result, seed=0).to_list())
 
 
 def test_history_plot_draws_the_best_so_far_per_search():
@@ -364,7 +376,7 @@ def test_history_plot_draws_the_best_so_far_per_search():
     assert [line.get_label() for line in default.lines] == ["random"]  # a list: each search by its back end
     assert (default.get_title(), default.get_ylabel(), default.get_yscale()) == ("best value vs trials", "objective",
                                                                                  "linear")
-    with pytest.raises(ValueError, match="needs at least one search result"):
+    with pytest.raises(ValueError, match=r"^history_plot\(\) needs at least one search result$"):
         tuning.history_plot([])
 
 
@@ -373,7 +385,7 @@ def test_ax_gets_the_space_the_direction_and_each_value(tmp_path):
     from ax import Client
 
     space = {"lr": Float(1e-5, 1e-1, log=True), "n": Int(1, 8), "flag": Choice((True, False)),
-             "opt": Choice(("adam", "sgd")), "w": Choice((0.5, 1.5)), "b": Choice((16, 32))}
+             "opt": Choice(("adam", "sgd")), "w": Choice((0.5, 1.5)), "b": Choice((16, 32)), "mix": Choice((0, 0.5, 1.0))}
     result = search(lambda p, t: p["lr"], space, backend="ax", trials=2, seed=1, startup_trials=2,
                     direction="maximize", storage=tmp_path / "ax.db")
     experiment = Client.load_from_json_file(str(tmp_path / "ax.db.ax.json"))._experiment
@@ -383,7 +395,8 @@ def test_ax_gets_the_space_the_direction_and_each_value(tmp_path):
     assert parameters == {"lr": ("FLOAT", True, 1e-5, 1e-1, None), "n": ("INT", False, 1, 8, None),
                           "flag": ("BOOL", False, None, None, [False, True]),
                           "opt": ("STRING", False, None, None, ["adam", "sgd"]),
-                          "w": ("FLOAT", False, None, None, [0.5, 1.5]), "b": ("INT", False, None, None, [16, 32])}
+                          "w": ("FLOAT", False, None, None, [0.5, 1.5]), "b": ("INT", False, None, None, [16, 32]),
+                          "mix": ("FLOAT", False, None, None, [0.0, 0.5, 1.0])}  # as int, 0.5 would become 0
     objective = experiment.optimization_config.objective
     assert objective.metric_names == ["objective"] and not objective.minimize
     assert result.trials.value.tolist() == result.trials.lr.tolist()
@@ -398,6 +411,8 @@ def test_an_ax_trial_that_raises_fails_and_the_error_reaches_the_caller():
 
     with pytest.raises(ArithmeticError, match="boom"):
         search(boom, {"x": Float(0, 1)}, backend="ax", trials=1)
+    with pytest.raises(TypeError, match=r"parameter 'x': the ax back end needs Choice values of one type, got \('a', 1\)"):
+        search(boom, {"x": Choice(("a", 1))}, backend="ax", trials=1)
 
 
 def test_the_documented_defaults():
@@ -407,3 +422,23 @@ def test_the_documented_defaults():
     assert default.best_value == default.trials.value.min()
     tpe = _params(search(objective, SPACE, trials=5))
     assert tpe[:4] == _params(default)[:4] and tpe[4] != _params(default)[4]
+
+
+def test_the_ax_start_is_axs_own_for_the_seed():
+    pytest.importorskip("ax")
+    from ax import Client, RangeParameterConfig
+
+    # the reference: a Client configured by hand as the module documents (seeded, `startup_trials` initial trials)
+    client = Client(random_seed=2)
+    client.configure_experiment(parameters=[RangeParameterConfig(name="lr", bounds=(1e-5, 1e-1), scaling="log",
+                                                                 parameter_type="float")])
+    client.configure_optimization(objective="-objective")
+    client.configure_generation_strategy(initialization_budget=2, initialization_random_seed=2)
+    expected = []
+    for _ in range(2):
+        ((index, params),) = client.get_next_trials(max_trials=1).items()
+        expected.append(params["lr"])
+        client.complete_trial(index, raw_data={"objective": params["lr"]})
+    result = search(lambda p, t: p["lr"], {"lr": Float(1e-5, 1e-1, log=True)}, backend="ax", trials=2, seed=2,
+                    startup_trials=2)
+    assert result.trials.lr.tolist() == expected
