@@ -106,6 +106,10 @@ def test_held_out_functions_edges():
     assert codegen.held_out_functions([long.replace("return x", "x += 1\n    return x")], limit=5) == []  # 13
     assert codegen.held_out_functions([one_line, long], limit=1) == [('def f(x):\n    """Doc."""\n', "    return x\n")]
     assert codegen.held_out_functions(["x = 1\n" + one_line], limit=1)[0][0] == 'def f(x):\n    """Doc."""\n'
+    # skipped functions and unparsable files do not end the scan
+    undocumented = "def nd(x):\n    y = x\n    return y\n"
+    texts = ["def broken(:\n", undocumented + same_line + long.replace("return x", "x += 1\n    return x") + one_line]
+    assert codegen.held_out_functions(texts, limit=5) == [('def f(x):\n    """Doc."""\n', "    return x\n")]
     with pytest.raises(ValueError, match="max_body_lines must be a positive int, got 0"):
         codegen.held_out_functions([one_line], limit=1, max_body_lines=0)
 
