@@ -2,6 +2,7 @@ import math
 import re
 import sys
 import time
+import warnings
 from types import SimpleNamespace
 
 import matplotlib.figure
@@ -57,8 +58,10 @@ def test_a_search_interrupted_inside_a_trial_resumes_as_if_it_had_not_been(tmp_p
         return objective(params, trial)
 
     db = tmp_path / "search.db"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         search(interrupted, SPACE, backend="optuna", trials=4, seed=5, startup_trials=2, storage=db)
+    assert not [w for w in caught if "could not be cast" in str(w.message)]  # told FAIL, not left for Optuna to infer
     resumed = search(objective, SPACE, backend="optuna", trials=4, seed=5, startup_trials=2, storage=db)
     whole = search(objective, SPACE, backend="optuna", trials=4, seed=5, startup_trials=2)
     assert _params(resumed) == _params(whole) and list(resumed.trials.number) == [0, 1, 2, 3]
@@ -321,7 +324,10 @@ def test_storage_records_the_setup_and_fails_a_crashed_runs_trial(tmp_path):
     db = tmp_path / "search.db"
     crashed = optuna.create_study(study_name="search-random", storage=f"sqlite:///{db}")
     crashed.ask()  # left RUNNING, as by a killed process
-    result = search(objective, SPACE, backend="random", trials=2, seed=3, storage=db)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = search(objective, SPACE, backend="random", trials=2, seed=3, storage=db)
+    assert not [w for w in caught if "could not be cast" in str(w.message)]  # told FAIL, not left for Optuna to infer
     assert result.study.user_attrs == {"backend": "random", "seed": 3, "space": repr(sorted(SPACE.items()))}
     assert [t.state.name for t in result.study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     with pytest.raises(ValueError, match="space=.*; use another name or storage to start a new search"):
