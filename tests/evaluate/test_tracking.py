@@ -128,6 +128,18 @@ def test_default_store_experiment_and_tags(uri):
     assert tracking.runs("nothing yet", tracking_uri=uri).empty
 
 
+def test_a_store_other_than_the_default(uri, tmp_path):
+    other = tmp_path / "other.db"
+    other.write_bytes(_empty_store())
+    sink = tracking.MlflowSink(experiment="elsewhere", run_name="there", tracking_uri=f"sqlite:///{other}")
+    sink.write({"step": 1, "loss": 1.0})
+    sink.close()
+    assert list(tracking.runs("elsewhere", tracking_uri=f"sqlite:///{other}").run) == ["there"]
+    assert MlflowClient(uri).get_experiment_by_name("elsewhere") is None  # nothing in the default store
+    assert MlflowClient(f"sqlite:///{other}").get_experiment_by_name("elsewhere").artifact_location == (
+        (tmp_path / "artifacts").resolve().as_uri())
+
+
 def test_sink_steps_batches_arrays_timestamps_params_and_alerts(uri):
     parent = tracking.MlflowSink(experiment="sink2", run_name="parent", tracking_uri=uri)
     sink = tracking.MlflowSink(experiment="sink2", run_name="child", tracking_uri=uri, parent_run_id=parent.run_id,
@@ -136,7 +148,7 @@ def test_sink_steps_batches_arrays_timestamps_params_and_alerts(uri):
     sink.write({"loss": 3.0})  # no step: step 0
     sink.write({"step": 1, "vec": np.array([1.0, 2.0]), "tvec": torch.tensor([1.0, 2.0]), "loss": 2.0,
                 "n": np.int64(4)}, {"layer.0": 0.5})
-    sink.write({"step": 3}, {f"l{i}": float(i) for i in range(2001)})  # three calls: MLflow takes 1000 metrics per call
+    sink.write({"step": 3}, {f"l{i}": float(i) for i in range(2001)})  # more than MLflow's 1000 metrics per request
     after = int(time.time() * 1000)
     sink.alert(_Alert(1, "spike", "loss spiked"))
     sink.alert(_Alert(2, "nan", "loss is NaN"))
