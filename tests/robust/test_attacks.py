@@ -410,3 +410,21 @@ def test_l2_norm_per_example_is_torchattacks_flattened_norm_to_the_last_bit():
                          clamp=None)
     flat_norm = g.reshape(4, -1).norm(p=2, dim=1).view(-1, 1, 1, 1)
     assert torch.equal(adv, x + 1.0 * (g / (flat_norm + 1e-10)))
+
+
+def test_targeted_fgsm_and_a_dead_input_by_hand():
+    """Targeted FGSM steps down the target's loss; an input the model ignores has gradient 0 and stays put."""
+    model, (x, y) = _linear(), _batch()
+    with torch.no_grad():
+        model.weight[:, 0] = 0.0  # feature 0 is ignored: its gradient is exactly 0
+    W, b = model.weight.detach().double().numpy(), model.bias.detach().double().numpy()
+    target = (y + 1) % 3
+    logits = x.double().numpy() @ W.T + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    grad = (p - np.eye(3)[target.numpy()]) @ W / len(x)  # d mean-CE(target) / dx, 0 in column 0
+    assert (grad[:, 0] == 0).all() and np.abs(grad[:, 1:]).min() > 1e-6
+    expected = torch.clamp(x - 0.1 * torch.from_numpy(np.sign(grad)).float(), 0, 1)
+    assert torch.equal(robust.fgsm(model, x, target, 0.1, targeted=True), expected)
+    assert torch.equal(robust.fgsm(model, x, y, 0.1)[:, 0], x[:, 0])
+    assert torch.equal(robust.pgd(model, x, y, 0.1, alpha=0.05, steps=2, random_start=False)[:, 0], x[:, 0])
