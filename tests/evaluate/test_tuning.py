@@ -159,6 +159,9 @@ def test_bad_arguments_name_the_valid_ones():
             search(objective, SPACE, **kwargs)
     with pytest.raises(ValueError, match="low < high"):
         search(objective, {"lr": Float(0.0, 1.0, log=True)})
+    with pytest.raises(ValueError, match="patience must be a positive int, got 0"):
+        search(objective, SPACE, pruner="stall", patience=0)
+    assert len(search(objective, SPACE, trials=1, patience=0).trials) == 1  # patience is the stall rule's alone
     with pytest.raises(TypeError, match="use Float, Int or Choice"):
         search(objective, {"lr": (1e-5, 1e-3)})
     with pytest.raises(ValueError, match="diverged"):
