@@ -110,10 +110,12 @@ class _Alert:
 
 def test_default_store_experiment_and_tags(uri):
     assert tracking.default_uri() == uri  # <runs>/mlflow/mlflow.db
+    quiet = ("alembic", "mlflow.store.db.utils")  # they log a new store's schema migration
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.NOTSET)  # as before any store was opened in this process
     sink = tracking.MlflowSink(run_name="plain", tags={"team": "a"})  # experiment "cookbook", the default store
     sink.close()
-    assert logging.getLogger("alembic").level == logging.WARNING  # the first use's schema migration, quiet
-    assert logging.getLogger("mlflow.store.db.utils").level == logging.WARNING
+    assert [logging.getLogger(name).level for name in quiet] == [logging.WARNING] * 2
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("cookbook")
     artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
@@ -134,7 +136,9 @@ def test_a_store_other_than_the_default(uri, tmp_path):
     sink = tracking.MlflowSink(experiment="elsewhere", run_name="there", tracking_uri=f"sqlite:///{other}")
     sink.write({"step": 1, "loss": 1.0})
     sink.close()
-    assert list(tracking.runs("elsewhere", tracking_uri=f"sqlite:///{other}").run) == ["there"]
+    trial_logger = tracking.trial_logger("elsewhere", parent="sweep", tracking_uri=f"sqlite:///{other}")
+    trial_logger({"value": 1.0, "state": "COMPLETE"})
+    assert list(tracking.runs("elsewhere", tracking_uri=f"sqlite:///{other}").run) == ["there", "sweep", "trial-0"]
     assert MlflowClient(uri).get_experiment_by_name("elsewhere") is None  # nothing in the default store
     assert MlflowClient(f"sqlite:///{other}").get_experiment_by_name("elsewhere").artifact_location == (
         (tmp_path / "artifacts").resolve().as_uri())
