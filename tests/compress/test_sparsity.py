@@ -217,3 +217,13 @@ def test_semi_structured_keeps_layers_the_kernel_rejects_dense(monkeypatch):
         assert torch.equal(model[k].weight, 2 * dense[k]) and not model[k].weight.requires_grad
         assert isinstance(model[k].weight, nn.Parameter)
     assert model[0].weight is dense[0] and model[2].weight is dense[2] and model[4].weight is dense[4]
+
+
+def test_2_4_checks_the_input_width_of_fused_experts():
+    # experts x out x in: the input is the last dimension (6 here for gate_up_proj, 4 for down_proj)
+    model = nn.Module()
+    model.experts = nn.Module()
+    model.experts.gate_up_proj = nn.Parameter(torch.ones(2, 4, 6))
+    model.experts.down_proj = nn.Parameter(torch.ones(2, 6, 4))
+    with pytest.raises(ValueError, match=r"not: Module.gate_up_proj \(2, 4, 6\)$"):
+        compress.prune_2_4(model)
