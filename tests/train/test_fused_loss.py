@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cookbook import models, train
-from cookbook.train.loss import decoder_and_head
+from cookbook.train.loss import _LinearCrossEntropy, decoder_and_head
 from tests.blocks import VOCAB, loader
 
 
@@ -106,3 +106,14 @@ def test_the_weights_gradient_is_summed_over_chunks_in_float32():
     assert loss.item() == pytest.approx(1024 * math.log(3), rel=1e-3)
     assert weight.grad[0].float().tolist() == pytest.approx([1024 * (1 / 3 - 1)] * 4, rel=1e-2)
     assert weight.grad[1:].float().flatten().tolist() == pytest.approx([1024 / 3] * 8, rel=1e-2)
+
+
+def test_the_sum_stays_on_the_hidden_states_device():
+    """The running sum starts on the hidden states' device, not the CPU (the meta device, shapes only, stands in for
+    a GPU; the Function is called directly because autocast knows no meta device)."""
+    hidden = torch.zeros(6, 4, device="meta", requires_grad=True)
+    weight = torch.zeros(5, 4, device="meta", requires_grad=True)
+    targets = torch.zeros(6, dtype=torch.long, device="meta")
+    loss = _LinearCrossEntropy.apply(hidden, weight, targets, 4, torch.float32)
+    loss.backward()
+    assert loss.device.type == hidden.grad.device.type == weight.grad.device.type == "meta"
