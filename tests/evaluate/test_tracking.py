@@ -177,7 +177,9 @@ def test_sink_steps_batches_arrays_timestamps_params_and_alerts(uri):
     assert list(table.run) == ["parent", "child"] and list(table.parent) == ["", parent.run_id[:8]]
 
 
-def test_trial_logger_defaults_and_rows_without_a_curve(uri):
+def test_trial_logger_defaults_and_rows_without_a_curve(tmp_path):
+    (tmp_path / "trials.db").write_bytes(_empty_store())  # a store of its own: other tests use "tuning"
+    uri = f"sqlite:///{tmp_path / 'trials.db'}"
     log = tracking.trial_logger(tracking_uri=uri)  # experiment "tuning", no parent
     assert log.parent_run_id is None
     log({"value": 0.5, "state": "COMPLETE", "lr": 0.1})
