@@ -146,3 +146,13 @@ def test_peak_flops_reads_the_current_cuda_devices_name(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     assert planning.peak_flops() == 989.4e12 and planning.peak_flops(precision="fp32") == 66.9e12
+
+
+def test_flops_per_token_seq_len_bounds():
+    """One token of context is the smallest: its attention term is 2 x layers x heads x 1 x (qk + v dims)."""
+    config = llama()
+    heads, qk, v = head_dims(config)
+    one = 2 * planning.matmul_params(config) + 2 * config.num_hidden_layers * heads * 1 * (qk + v)
+    assert planning.flops_per_token(config, 1, training=False) == one
+    with pytest.raises(ValueError, match="^seq_len must be a positive int, got 0$"):
+        planning.flops_per_token(config, 0)
