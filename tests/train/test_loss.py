@@ -337,3 +337,23 @@ def test_the_micro_batches_reach_the_loss_on_the_given_device():
 
     train.backward_micro_batches(_Weighted(), _MICRO, device="meta", loss_fn=loss_fn)
     assert seen == [{"input_ids": "meta", "labels": "meta"}] * 2
+
+
+class _FirstParameterElsewhere(torch.nn.Module):
+    """_Table behind a first parameter on another device (meta here, like an offloaded one): the model's first
+    parameter does not say where the batches belong, device= does."""
+
+    def __init__(self):
+        super().__init__()
+        self.offloaded = torch.nn.Parameter(torch.zeros(1, device="meta"))
+        self.table = _Table()
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.table(input_ids)
+
+
+def test_accumulation_error_sends_the_batches_to_its_device():
+    table = train.accumulation_error(_FirstParameterElsewhere(), [torch.tensor([[1, 2, 3, 4]]), torch.tensor([[2, 3]])],
+                                     device="cpu")
+    assert table.loc["tokens", "relative_gradient_error"] < 1e-15  # float64: exact up to rounding
+    assert table.loc["steps", "relative_gradient_error"] > 0.1  # 3 targets and 1: mean / k weighs them unevenly
