@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "mutate")
     parser.add_argument("--survivors", action="store_true",
                         help="re-run only the last run's survivors and unchecked mutants against this tree's tests")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: the kill rate of the last run in each work folder, with today's equivalents")
     parser.add_argument("--no-diff", action="store_true", help="list surviving mutants without their diffs")
     args = parser.parse_args(argv)
     equivalent = equivalents()
@@ -215,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"-- {module}: mutating {[str(s.relative_to(ROOT)) for s in sources]}"
               f"{f' (function {function})' if function else ''} against {tests}; budget {args.budget:.0f} s",
               flush=True)
-        if args.survivors:
+        if args.report:
+            if not (work / "mutants").is_dir():
+                raise SystemExit(f"--report: no earlier run in {work}")
+            names = []
+        elif args.survivors:
             refresh(work, sources)
             names = [n for n, s in results(work, sources, function).items()
                      if s not in ("killed", "timeout", "skipped") and n not in equivalent]
@@ -223,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             prepare(work, sources, tests)
             names = [f"{_dotted(s)}.x_{function}__mutmut_*" for s in sources] if function else []
         start = time.monotonic()
-        finished = run_mutmut(work, names, args.budget, args.children) if names or not args.survivors else True
+        run = names or not (args.survivors or args.report)
+        finished = run_mutmut(work, names, args.budget, args.children) if run else True
         statuses = results(work, sources, function)
         summary.append(report(module, statuses, equivalent, finished, time.monotonic() - start, work,
                               not args.no_diff))
