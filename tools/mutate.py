@@ -217,20 +217,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"-- {module}: mutating {[str(s.relative_to(ROOT)) for s in sources]}"
               f"{f' (function {function})' if function else ''} against {tests}; budget {args.budget:.0f} s",
               flush=True)
-        if args.report:
-            if not (work / "mutants").is_dir():
-                raise SystemExit(f"--report: no earlier run in {work}")
-            names = []
-        elif args.survivors:
+        start, finished = time.monotonic(), True
+        if args.survivors:
             refresh(work, sources)
             names = [n for n, s in results(work, sources, function).items()
                      if s not in ("killed", "timeout", "skipped") and n not in equivalent]
+            if names:
+                finished = run_mutmut(work, names, args.budget, args.children)
+        elif args.report:
+            if not (work / "mutants").is_dir():
+                raise SystemExit(f"--report: no earlier run in {work}")
         else:
             prepare(work, sources, tests)
             names = [f"{_dotted(s)}.x_{function}__mutmut_*" for s in sources] if function else []
-        start = time.monotonic()
-        run = names or not (args.survivors or args.report)
-        finished = run_mutmut(work, names, args.budget, args.children) if run else True
+            finished = run_mutmut(work, names, args.budget, args.children)
         statuses = results(work, sources, function)
         summary.append(report(module, statuses, equivalent, finished, time.monotonic() - start, work,
                               not args.no_diff))

@@ -3,9 +3,11 @@
 Skipped where nginx or prometheus is not installed (CI installs the Debian packages; a laptop may not have them).
 """
 
+import contextlib
 import os
 import threading
 import time
+from concurrent import futures
 
 import grpc
 import numpy as np
@@ -147,28 +149,37 @@ class _Echo(pb_grpc.ModelServiceServicer):
         return pb.PredictResponse(text=f"{self.name}:{request.prompt}", completion_tokens=request.max_tokens)
 
 
-@needs_binaries
-def test_start_nginx_by_itself_proxies_grpc_by_weight(tmp_path):
-    from concurrent import futures
-
-    servers, upstreams = [], []
-    for name, weight in (("a", 2), ("b", 1)):
-        server = grpc.server(futures.ThreadPoolExecutor(2))
-        pb_grpc.add_ModelServiceServicer_to_server(_Echo(name), server)
-        upstreams.append((f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}", weight))
-        server.start()
-        servers.append(server)
-    nginx = deploy.start_nginx(upstreams, tmp_path)
+@contextlib.contextmanager
+def _echo_servers(names):
+    """{name: loopback address} of one `_Echo` gRPC server per name, stopped on the way out."""
+    servers, addresses = [], {}
     try:
-        assert nginx.config.read_text() == deploy.nginx_config(upstreams, nginx.port, tmp_path)
-        with grpc.insecure_channel(nginx.address) as channel:
-            stub = pb_grpc.ModelServiceStub(channel)
-            texts = [stub.Predict(pb.PredictRequest(prompt="hi", max_tokens=3), timeout=10).text for _ in range(6)]
-        assert sorted(texts) == ["a:hi"] * 4 + ["b:hi"] * 2  # smooth weighted round robin: exactly 2:1
+        for name in names:
+            server = grpc.server(futures.ThreadPoolExecutor(2))
+            pb_grpc.add_ModelServiceServicer_to_server(_Echo(name), server)
+            addresses[name] = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+            server.start()
+            servers.append(server)
+        yield addresses
     finally:
-        assert nginx.process.stop() == 0
         for server in servers:
             server.stop(None)
+
+
+@needs_binaries
+def test_start_nginx_by_itself_proxies_grpc_by_weight(tmp_path):
+    with _echo_servers(["a", "b"]) as addresses:
+        upstreams = [(addresses["a"], 2), (addresses["b"], 1)]
+        nginx = deploy.start_nginx(upstreams, tmp_path)
+        try:
+            assert nginx.config.read_text() == deploy.nginx_config(upstreams, nginx.port, tmp_path)
+            with grpc.insecure_channel(nginx.address) as channel:
+                stub = pb_grpc.ModelServiceStub(channel)
+                texts = [stub.Predict(pb.PredictRequest(prompt="hi", max_tokens=3), timeout=10).text
+                         for _ in range(6)]
+            assert sorted(texts) == ["a:hi"] * 4 + ["b:hi"] * 2  # smooth weighted round robin: exactly 2:1
+        finally:
+            assert nginx.process.stop() == 0
 
 
 @needs_binaries
@@ -201,20 +212,8 @@ def test_spawn_replica_pins_its_cores_at_once_and_its_death_names_the_cause(tmp_
 
 
 def test_load_sweep_runs_every_target_at_every_concurrency():
-    from concurrent import futures
-
-    servers, targets = [], {}
-    for name in ("a", "b"):
-        server = grpc.server(futures.ThreadPoolExecutor(2))
-        pb_grpc.add_ModelServiceServicer_to_server(_Echo(name), server)
-        targets[f"setup {name}"] = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-        server.start()
-        servers.append(server)
-    try:
-        table = deploy.load_sweep(targets, [1, 3], requests=7, max_tokens=2)
-    finally:
-        for server in servers:
-            server.stop(None)
+    with _echo_servers(["a", "b"]) as addresses:
+        table = deploy.load_sweep({f"setup {n}": a for n, a in addresses.items()}, [1, 3], requests=7, max_tokens=2)
     assert table[["setup", "concurrency", "sent", "ok"]].values.tolist() == [
         ["setup a", 1, 7, 7], ["setup a", 3, 7, 7], ["setup b", 1, 7, 7], ["setup b", 3, 7, 7]]
     assert "target" not in table and "latencies_ms" not in table
